@@ -1,0 +1,239 @@
+"""The run configuration: one YAML file validated by pydantic, every field optional.
+
+``RunConfig()`` with no arguments is the embedded default: scikit-learn's digits,
+a timm ``resnet18`` trained in-process, ``search_spaces/default.yaml``, and a
+search that fits in ten minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autocompress.errors import UserError, describe_validation_error
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """The base model.
+
+    Attributes:
+        name: Any timm model name (``timm.list_models()``).
+        num_classes: Classifier width; ``null`` takes it from the dataset.
+        img_size: Square input side in pixels.
+        pretrained: Load timm's pretrained weights (needs the hub or its cache).
+        checkpoint: Local ``state_dict`` file, loaded with ``weights_only=True``.
+        train_epochs: Epochs to train the base in-process when neither pretrained nor
+            a checkpoint gives trained weights (fine-tunes them otherwise); 0 = use as is.
+        train_lr: Peak learning rate of that training (AdamW, one-cycle).
+        kwargs: Extra keyword arguments for ``timm.create_model``.
+    """
+
+    name: str = "resnet18"
+    num_classes: int | None = Field(default=None, ge=2)
+    img_size: int = Field(default=32, ge=8, le=1024)
+    pretrained: bool = False
+    checkpoint: Path | None = None
+    train_epochs: int = Field(default=6, ge=0, le=1000)
+    train_lr: float = Field(default=3e-3, gt=0, le=10)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Strict):
+    """The dataset.
+
+    Attributes:
+        source: ``digits`` (embedded), ``imagefolder`` (``path`` with ``train/`` and
+            ``val/`` or ``test/`` folders) or ``timm`` (``name`` for ``timm.data.create_dataset``).
+        path: ImageFolder root, or the root for a timm dataset.
+        name: timm dataset name, e.g. ``torch/cifar10``.
+        max_samples: Cap on images per split (``null`` = all).
+        batch_size: Batch size for training, calibration and evaluation.
+        val_fraction: Share of train held out as validation when the data has no val split.
+        seed: Seed of the split and of the sample cap.
+        mean: Normalisation mean (``null``: the dataset's own default).
+        std: Normalisation std.
+    """
+
+    source: Literal["digits", "imagefolder", "timm"] = "digits"
+    path: Path | None = None
+    name: str | None = None
+    max_samples: int | None = Field(default=None, ge=10)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> "DataConfig":
+        if self.source == "imagefolder" and self.path is None:
+            raise ValueError("source 'imagefolder' needs data.path (a folder with train/ and val/ or test/)")
+        if self.source == "timm" and not self.name:
+            raise ValueError("source 'timm' needs data.name (a timm dataset name such as torch/cifar10)")
+        return self
+
+
+class BudgetConfig(_Strict):
+    """The device budget; a trial outside it is infeasible. ``null`` = no limit.
+
+    Attributes:
+        max_latency_ms: Batch-1 latency on the target device and runtime.
+        max_size_mb: Size on disk of the saved artefact (MB = 10**6 bytes).
+        max_accuracy_drop: Allowed drop of top-1 (percentage points) below the base.
+    """
+
+    max_latency_ms: float | None = Field(default=0.6, gt=0)
+    max_size_mb: float | None = Field(default=6.0, gt=0)
+    max_accuracy_drop: float | None = Field(default=1.5, ge=0, le=100)
+
+
+class DeviceConfig(_Strict):
+    """The target device and how latency is measured on it.
+
+    Attributes:
+        type: ``cpu`` or ``cuda``.
+        threads: Intra-op threads, fixed for every measurement.
+        batch_size: Batch of the latency measurement.
+        runtime: Runtime the artefact is saved for and measured on.
+        warmup: Calls before timing.
+        repeats: Timed calls per round.
+        rounds: Rounds, interleaved with the base model's, whose spread is kept.
+    """
+
+    type: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default=2, ge=1, le=512)
+    batch_size: int = Field(default=1, ge=1, le=1024)
+    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+    warmup: int = Field(default=20, ge=0)
+    repeats: int = Field(default=50, ge=1)
+    rounds: int = Field(default=5, ge=1)
+
+
+class SearchConfig(_Strict):
+    """The search controller.
+
+    Attributes:
+        sampler: ``tpe``, ``nsga2`` or ``random``.
+        trials: Trials to run (finished, pruned or failed) in this run.
+        timeout: Wall-clock budget of the search, e.g. ``30m``, ``8h``, ``90s``; ``null`` = none.
+        seed: Seed of the sampler and of every trial's randomness.
+        storage: Optuna storage URL; ``null`` = SQLite ``study.db`` in the run folder.
+        study_name: Optuna study name; ``null`` = the run folder's name.
+        executor: ``inprocess`` (trials run in this process) or ``ray``.
+        warm_start: Enqueue the search space's known-good configurations first.
+    """
+
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    trials: int = Field(default=30, ge=1)
+    timeout: float | None = Field(default=540.0, gt=0)
+    seed: int = 0
+    storage: str | None = None
+    study_name: str | None = None
+    executor: Literal["inprocess", "ray"] = "inprocess"
+    warm_start: bool = True
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
+class RunConfig(_Strict):
+    """A whole run. Every field optional; the defaults are the embedded digits demo."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    search_space: Path = Path("search_spaces/default.yaml")
+    plugins_dir: Path | None = None
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
+_UNIT = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parses ``90``, ``90s``, ``30m``, ``8h`` or ``1d`` into seconds.
+
+    Raises:
+        ValueError: The text is not a duration.
+    """
+    if text.strip().lower() in {"none", "null", ""}:
+        return None  # type: ignore[return-value]
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise ValueError(f"not a duration: {text!r}; use e.g. 90s, 30m, 8h")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def resolve_path(path: Path | str, *, base: Path | None = None) -> Path:
+    """Finds a relative path in ``base`` (the config's folder), the cwd, then the project root."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    for root in [base, Path.cwd(), PROJECT_ROOT]:
+        if root is not None and (root / path).exists():
+            return (root / path).resolve()
+    return (Path.cwd() / path).resolve()
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Reads and validates a run config, then applies dotted overrides such as ``search.trials``.
+
+    Args:
+        path: YAML file; ``None`` = the embedded default.
+        overrides: ``{"search.trials": 10}``-style values from the command line.
+
+    Raises:
+        UserError: The file is missing or malformed, or a field is invalid.
+    """
+    raw: dict[str, Any] = {}
+    base = None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config: file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise UserError(f"config: {path} is not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config: {path} must hold a mapping of sections (model, data, budget, ...)")
+        base = path.resolve().parent
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err, RunConfig)) from None
+    config.search_space = resolve_path(config.search_space, base=base)
+    if config.model.checkpoint is not None:
+        config.model.checkpoint = resolve_path(config.model.checkpoint, base=base)
+    if config.data.path is not None:
+        config.data.path = resolve_path(config.data.path, base=base)
+    if config.plugins_dir is not None:
+        config.plugins_dir = resolve_path(config.plugins_dir, base=base)
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML, as written to the run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,302 @@
+"""The search controller: an Optuna multi-objective study driven by ask/tell.
+
+It measures the base model first, checks that the budget can be met at all, then asks
+Optuna for configurations, hands plain trial specs to an executor, and tells Optuna the
+measured objectives with the budget as constraints. After every finished trial it appends
+``trials.jsonl`` and rewrites ``pareto.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from autocompress.base import prepare_base
+from autocompress.config import RunConfig, dump_config
+from autocompress.errors import UserError
+from autocompress.executors import Executor, InProcessExecutor
+from autocompress.machine import describe
+from autocompress.pareto import DIRECTIONS, OBJECTIVES, constraints, front, objective_values
+from autocompress.plugin import NONE, STAGE_ORDER
+from autocompress.registry import Registry, discover
+from autocompress.results import RunFolder, atomic_write
+from autocompress.search_space import SearchSpace, load_search_space
+from autocompress.trial import TrialSpec, run_trial, trial_dir
+
+LATENCY_NOISE = 1.25  # a probe this much over the latency budget cannot be noise
+
+
+@dataclass
+class Progress:
+    """What the terminal shows while searching."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    front: int = 0
+    started: float = field(default_factory=time.time)
+    timeout: float | None = None
+    last: str = ""
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = config.data.source if config.data.source == "digits" else (config.data.name or Path(config.data.path).name)
+    return Path("results") / f"{stamp}-{config.model.name}-{data}".replace("/", "_")
+
+
+def make_sampler(config: RunConfig) -> optuna.samplers.BaseSampler:
+    s = config.search
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, min(50, s.trials // 4)))
+    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=max(4, min(10, s.trials // 4)))
+
+
+class Search:
+    """One run of the search.
+
+    Args:
+        config: The resolved run config.
+        run_dir: The run folder (created if needed).
+        executor: Runs the trials; default in-process.
+        on_event: Called with ``(kind, payload)`` for progress display (``"log"``, ``"trial"``, ``"progress"``).
+    """
+
+    def __init__(self, *, config: RunConfig, run_dir: Path | str, executor: Executor | None = None,
+                 on_event: Callable[[str, Any], None] | None = None) -> None:
+        self.config = config
+        self.run = RunFolder(run_dir)
+        self.executor = executor or InProcessExecutor()
+        self.on_event = on_event or (lambda kind, payload: None)
+        self.registry: Registry | None = None
+        self.space: SearchSpace | None = None
+        self.base: dict | None = None
+        self.records: dict[int, dict] = {}
+        self.progress = Progress(total=config.search.trials, timeout=config.search.timeout)
+        self._stop = False
+
+    def log(self, line: str) -> None:
+        self.run.log(f"{dt.datetime.now():%H:%M:%S} {line}")
+        self.on_event("log", line)
+
+    def validate(self) -> None:
+        """Loads plugins and the search space; every user error surfaces here, before any work."""
+        self.registry = discover(self.config.plugins_dir)
+        self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtime)
+        from autocompress.models import create_model  # noqa: F401  (import cost paid once, before the run)
+        import timm
+
+        if not timm.is_model(self.config.model.name):
+            import difflib
+
+            hint = difflib.get_close_matches(self.config.model.name, timm.list_models(), n=3)
+            raise UserError(f"model.name: unknown timm model {self.config.model.name!r}"
+                            + (f"; did you mean {', '.join(hint)}?" if hint else "; see timm.list_models()"))
+        if self.config.model.checkpoint is not None and not Path(self.config.model.checkpoint).is_file():
+            raise UserError(f"model.checkpoint: file not found: {self.config.model.checkpoint}")
+        from autocompress.data import load_data
+
+        load_data(self.config.data, self.config.model.img_size)
+
+    def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
+        return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),
+                         config=self.config.model_dump(mode="json"), plugin_files=self.registry.files(), **kw)
+
+    def prepare(self) -> dict:
+        """Creates the run folder, the base model and its measured record; checks the budget."""
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.run / "config.yaml", dump_config(self.config))
+        self.run.write_json("machine.json", describe(self.config.device.threads))
+        prepare_base(self.config, self.run.path, log=self.log)
+        base = run_trial(self._spec(-1, {s.value: (NONE, {}) for s in STAGE_ORDER}))
+        if base["state"] != "complete":
+            raise RuntimeError(f"the base model could not be measured: {base['reason']}")
+        self.base = base
+        self.run.write_json("base.json", base)
+        m = base["metrics"]
+        self.log(f"base: val top-1 {m['accuracy']:.2f}%  latency {m['latency_ms']:.3f} ms  "
+                 f"size {m['size_mb']:.2f} MB  ({m['runtime']})")
+        self._check_budget()
+        return base
+
+    def _check_budget(self) -> None:
+        budget = self.config.budget
+        if budget.max_latency_ms is None and budget.max_size_mb is None:
+            return
+        strongest = self.space.strongest(self.registry)
+        probe = run_trial(self._spec(-2, strongest, structure_only=True, keep_artefact=False))
+        shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+        if probe["state"] != "complete":
+            self.log(f"budget check skipped: the most compressed configuration failed ({probe['reason']})")
+            return
+        m, b = probe["metrics"], self.base["metrics"]
+        desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE) or "no compression"
+        self.run.write_json("probe.json", probe)
+        if budget.max_size_mb is not None and m["size_mb"] > budget.max_size_mb:
+            raise UserError(f"budget.max_size_mb: {budget.max_size_mb} MB cannot be met: the most compressed "
+                            f"configuration ({desc}) is {m['size_mb']:.3f} MB (base {b['size_mb']:.3f} MB)")
+        if budget.max_latency_ms is not None and m["latency_ms"] > LATENCY_NOISE * budget.max_latency_ms:
+            raise UserError(f"budget.max_latency_ms: {budget.max_latency_ms} ms cannot be met: the most compressed "
+                            f"configuration ({desc}) measures {m['latency_ms']:.3f} ms (base {b['latency_ms']:.3f} ms) "
+                            f"on {m['runtime']} with {self.config.device.threads} threads")
+
+    def _study(self) -> optuna.Study:
+        storage = self.config.search.storage or f"sqlite:///{(self.run / 'study.db').resolve()}"
+        name = self.config.search.study_name or self.run.path.name
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS),
+                                    sampler=make_sampler(self.config), load_if_exists=True)
+        if not study.metric_names:
+            study.set_metric_names(list(OBJECTIVES))
+        study.set_user_attr("run_dir", str(self.run.path.resolve()))
+        self._requeue_stale(study)
+        if self.config.search.warm_start and not study.trials:
+            for params in self.space.warm_start:
+                study.enqueue_trial(params, skip_if_exists=True)
+        return study
+
+    def _requeue_stale(self, study: optuna.Study) -> None:
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params, skip_if_exists=False)
+            self.log(f"trial {t.number}: was running when the last process stopped; marked failed, re-queued")
+
+    def stop(self) -> None:
+        """Stops starting trials; the running ones finish (Ctrl-C, time budget)."""
+        self._stop = True
+
+    def _can_start(self, started: int, durations: list[float]) -> bool:
+        if self._stop or started >= self.config.search.trials:
+            return False
+        timeout = self.config.search.timeout
+        if timeout is None:
+            return True
+        elapsed = time.time() - self.progress.started
+        estimate = statistics.median(durations) if durations else 0.0
+        return elapsed + estimate <= timeout
+
+    def search(self) -> dict:
+        """Runs the search to its trial count or time budget; returns the final ``pareto.json``."""
+        if self.registry is None:
+            self.validate()
+        self.progress.started = time.time()
+        self.prepare()
+        study = self._study()
+        self.records = {r["number"]: r for r in self.run.trials()}
+        finished = [t for t in study.trials if t.state.is_finished()]
+        started = len(finished)
+        self.progress.done = len(finished)
+        self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
+        durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
+        pending: dict[int, optuna.Trial] = {}
+        pareto = self._write_pareto()
+        try:
+            while True:
+                while self.executor.running() < self.executor.slots and self._can_start(started, durations):
+                    trial = study.ask()
+                    choices = self.space.suggest(trial, self.registry)
+                    pending[trial.number] = trial
+                    started += 1
+                    self.progress.running = len(pending)
+                    self.on_event("start", {"number": trial.number, "choices": choices})
+                    self.executor.submit(self._spec(trial.number, choices))
+                if not pending:
+                    break
+                for record in self.executor.poll(timeout=1.0):
+                    trial = pending.pop(record["number"])
+                    self._tell(study, trial, record)
+                    if record["state"] == "complete":
+                        durations.append(record["duration_s"])
+                    pareto = self._write_pareto()
+                    self.progress.running = len(pending)
+        except KeyboardInterrupt:
+            self.log("interrupted: the running trial is recorded as failed and re-queued for --resume")
+            for number in self.executor.cancel_all() or list(pending):
+                trial = pending.pop(number, None)
+                if trial is not None:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    study.enqueue_trial(trial.params)
+            pareto = self._write_pareto()
+            raise
+        finally:
+            self.executor.shutdown()
+        return pareto
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
+        self.progress.done += 1
+        if record["state"] == "complete":
+            cons = constraints(record, self.config.budget, self.base["metrics"]["accuracy"])
+            record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
+            record["feasible"] = all(v <= 0 for v in cons.values())
+            for key, value in cons.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("metrics", record["metrics"])
+            trial.set_user_attr("artefact", record.get("artefact"))
+            study.tell(trial, objective_values(record))
+        else:
+            self.progress.failed += 1
+            record["feasible"] = False
+            trial.set_user_attr("reason", record["reason"])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.records[record["number"]] = record
+        self.run.append_trial(record)
+        self.on_event("trial", record)
+
+    def _write_pareto(self) -> dict:
+        feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
+        best = front(feasible)
+        on_front = {r["number"] for r in best}
+        base = self.base["metrics"] if self.base else None
+        rows = []
+        for r in best:
+            m = r["metrics"]
+            rows.append({
+                "number": r["number"], "choices": r["choices"], "metrics": m, "artefact": r.get("artefact"),
+                "latency": r.get("latency"), "latency_vs_base": r.get("latency_vs_base"),
+                "vs_base": _vs_base(m, base) if base else None,
+            })
+        data = {
+            "objectives": list(OBJECTIVES), "directions": list(DIRECTIONS),
+            "budget": self.config.budget.model_dump(), "base": base,
+            "trials_finished": sum(r["state"] == "complete" for r in self.records.values()),
+            "trials_failed": sum(r["state"] == "fail" for r in self.records.values()),
+            "front": rows, "updated": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        self.run.write_json("pareto.json", data)
+        self.progress.front = len(rows)
+        for number, r in self.records.items():
+            if number not in on_front and r.get("artefact"):
+                folder = trial_dir(self.run.path, number)
+                for f in folder.glob("model*"):
+                    f.unlink(missing_ok=True)
+        return data
+
+
+def _vs_base(m: dict, base: dict) -> dict:
+    return {
+        "accuracy_pp": round(m["accuracy"] - base["accuracy"], 4),
+        "latency_x": round(base["latency_ms"] / m["latency_ms"], 3) if m["latency_ms"] else None,
+        "size_x": round(base["size_mb"] / m["size_mb"], 3) if m["size_mb"] else None,
+    }
+
+
+def load_resume(run_dir: Path | str) -> RunConfig:
+    """The config of an existing run, for ``--resume``."""
+    from autocompress.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
+    return load_config(run_dir / "config.yaml")

@@ -1,0 +1,270 @@
+"""Datasets as in-memory uint8 tensors with fixed train/val/test splits.
+
+Every source (the embedded digits, an ImageFolder, a timm dataset) is decoded once
+into ``uint8`` tensors of shape ``[N, 3, S, S]``; batches are normalised on the fly.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autocompress.config import DataConfig
+from autocompress.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Split:
+    """One split: uint8 images and int64 labels, plus the normalisation to apply."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    augment: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B,3,H,W]`` → normalised float32."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, train: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields ``(inputs, labels)``; with ``train`` and an augmenting split, random crops and flips."""
+        n = len(self) if limit is None else min(limit, len(self))
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n] if shuffle else torch.arange(n)
+        gen = torch.Generator().manual_seed(seed + 1)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            images = self.images[idx]
+            if train and self.augment:
+                images = _crop_flip(images, gen)
+            yield self.normalise(images), self.labels[idx]
+
+    def example(self, batch_size: int = 1) -> torch.Tensor:
+        """The first ``batch_size`` images, normalised: the example input for export and tracing."""
+        return self.normalise(self.images[:batch_size])
+
+
+@dataclass
+class DataBundle:
+    """Train, validation and held-out test splits of one dataset."""
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    classes: list[str]
+    img_size: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.train.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.train.std
+
+    def summary(self) -> dict:
+        return {
+            "train": len(self.train), "val": len(self.val), "test": len(self.test),
+            "num_classes": self.num_classes, "classes": self.classes, "img_size": self.img_size,
+            "mean": list(self.mean), "std": list(self.std), "notes": self.notes,
+        }
+
+
+def _crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    b, _, h, w = images.shape
+    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(torch.uint8)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    out = padded[:, :, dy : dy + h, dx : dx + w]
+    flip = torch.rand(b, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out.contiguous()
+
+
+def config_key(config: DataConfig, img_size: int) -> str:
+    """A short hash naming one dataset configuration."""
+    blob = json.dumps([config.model_dump(mode="json"), img_size], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_data(config: DataConfig, img_size: int) -> DataBundle:
+    """Loads (and memoises per process) the dataset a config names.
+
+    Raises:
+        UserError: The path does not exist, holds no images, or the timm dataset cannot be made.
+    """
+    return _load_cached(config.model_dump_json(), img_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(config_json: str, img_size: int) -> DataBundle:
+    config = DataConfig.model_validate_json(config_json)
+    if config.source == "digits":
+        return _digits(config, img_size)
+    if config.source == "imagefolder":
+        return _imagefolder(config, img_size)
+    return _timm_dataset(config, img_size)
+
+
+def _cap(images: torch.Tensor, labels: torch.Tensor, max_samples: int | None, seed: int):
+    if max_samples is None or len(labels) <= max_samples:
+        return images, labels
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        keep, _ = train_test_split(idx, train_size=max_samples, stratify=labels.numpy(), random_state=seed)
+    except ValueError:
+        keep = np.random.default_rng(seed).permutation(idx)[:max_samples]
+    keep = torch.as_tensor(np.sort(keep))
+    return images[keep], labels[keep]
+
+
+def _split(images, labels, fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    a, b = train_test_split(idx, test_size=fraction, stratify=labels.numpy(), random_state=seed)
+    a, b = torch.as_tensor(np.sort(a)), torch.as_tensor(np.sort(b))
+    return (images[a], labels[a]), (images[b], labels[b])
+
+
+def _digits(config: DataConfig, img_size: int) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    pixels = F.interpolate(pixels, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    images = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    labels = torch.as_tensor(digits.target, dtype=torch.int64)
+    images, labels = _cap(images, labels, config.max_samples, config.seed)
+    (train_x, train_y), (rest_x, rest_y) = _split(images, labels, 0.4, config.seed)
+    (val_x, val_y), (test_x, test_y) = _split(rest_x, rest_y, 0.5, config.seed)
+    mean = config.mean or (round(float(train_x.float().mean() / 255), 4),) * 3
+    std = config.std or (round(float(train_x.float().std() / 255), 4),) * 3
+    make = lambda x, y: Split(x, y, mean, std, augment=False)  # noqa: E731
+    return DataBundle(
+        make(train_x, train_y), make(val_x, val_y), make(test_x, test_y),
+        num_classes=10, classes=[str(i) for i in range(10)], img_size=img_size,
+        notes=["scikit-learn digits: 8x8 upsampled to 3x%dx%d; split 60/20/20 stratified" % (img_size, img_size)],
+    )
+
+
+def _list_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((folder / name).rglob("*")):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(file)
+                labels.append(label)
+    return files, labels, classes
+
+
+def _decode(files: list[Path], img_size: int) -> torch.Tensor:
+    from PIL import Image
+
+    out = torch.empty((len(files), 3, img_size, img_size), dtype=torch.uint8)
+    for i, file in enumerate(files):
+        with Image.open(file) as image:
+            image = image.convert("RGB")
+            if image.size != (img_size, img_size):
+                image = image.resize((img_size, img_size), Image.BILINEAR)
+            out[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    return out
+
+
+def _imagefolder(config: DataConfig, img_size: int) -> DataBundle:
+    root = Path(config.path)
+    if not root.is_dir():
+        raise UserError(f"data.path: folder not found: {root}")
+    if not (root / "train").is_dir():
+        raise UserError(f"data.path: {root} has no train/ folder; expected train/ and val/ or test/ (ImageFolder layout)")
+    splits, classes = {}, None
+    for name in ("train", "val", "test"):
+        if (root / name).is_dir():
+            files, labels, names = _list_images(root / name)
+            if not files:
+                raise UserError(f"data.path: {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folders")
+            if classes is not None and names != classes:
+                raise UserError(f"data.path: {root / name} has classes {names[:5]}... but train has {classes[:5]}...")
+            classes = classes or names
+            splits[name] = (files, labels)
+    notes = [f"ImageFolder {root}"]
+    rng = np.random.default_rng(config.seed)
+
+    def take(name: str, cap: int | None):
+        files, labels = splits[name]
+        idx = np.arange(len(files))
+        if cap is not None and len(files) > cap:
+            idx = np.sort(rng.permutation(idx)[:cap])
+        return _decode([files[i] for i in idx], img_size), torch.as_tensor([labels[i] for i in idx])
+
+    train = take("train", config.max_samples)
+    if "val" in splits:
+        val = take("val", config.max_samples)
+    else:
+        train, val = _split(*train, config.val_fraction, config.seed)
+        notes.append(f"no val/: {config.val_fraction:.0%} of train held out as validation")
+    if "test" in splits:
+        test = take("test", config.max_samples)
+    else:
+        test = val
+        notes.append("no test/: the validation split doubles as the held-out test split")
+    mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
+    make = lambda xy: Split(xy[0], xy[1], mean, std, augment=True)  # noqa: E731
+    return DataBundle(make(train), make(val), make(test), len(classes), classes, img_size, notes)
+
+
+def _timm_dataset(config: DataConfig, img_size: int) -> DataBundle:
+    from timm.data import create_dataset
+
+    root = str(config.path) if config.path else str(Path.home() / ".cache" / "autocompress" / "datasets")
+    loaded = {}
+    for split in ("train", "validation"):
+        try:
+            ds = create_dataset(config.name, root=root, split=split, download=False, is_training=False)
+        except Exception as err:  # timm raises many kinds for an unknown or absent dataset
+            raise UserError(f"data.name: timm could not open dataset {config.name!r} under {root}: {str(err).splitlines()[0][:200]}") from None
+        n = len(ds)
+        idx = np.arange(n)
+        if config.max_samples and n > config.max_samples:
+            idx = np.sort(np.random.default_rng(config.seed).permutation(idx)[: config.max_samples])
+        images = torch.empty((len(idx), 3, img_size, img_size), dtype=torch.uint8)
+        labels = torch.empty(len(idx), dtype=torch.int64)
+        for j, i in enumerate(idx):
+            image, label = ds[int(i)]
+            image = image.convert("RGB").resize((img_size, img_size))
+            images[j] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+            labels[j] = int(label)
+        loaded[split] = (images, labels)
+    train, val = _split(*loaded["train"], config.val_fraction, config.seed)
+    num_classes = int(max(loaded["train"][1].max(), loaded["validation"][1].max())) + 1
+    mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
+    make = lambda xy: Split(xy[0], xy[1], mean, std, augment=True)  # noqa: E731
+    return DataBundle(
+        make(train), make(val), make(loaded["validation"]), num_classes,
+        [str(i) for i in range(num_classes)], img_size,
+        [f"timm dataset {config.name}; validation split is the held-out test split"],
+    )

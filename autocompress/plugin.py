@@ -1,0 +1,159 @@
+"""The plugin contract: one plugin = one file = one class.
+
+A plugin names its ``stage``, owns a pydantic ``Config`` (``extra="forbid"``, every
+field with a default), declares its default ``search_space`` ranges, and implements
+``apply(model, ctx)``. Plugins of the quantize stage may return an :class:`Artefact`
+(a file for one runtime) instead of a module; every other stage returns a module.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from autocompress.data import DataBundle
+
+
+class Stage(str, enum.Enum):
+    """Pipeline stages, applied in this order."""
+
+    PRUNE = "prune"
+    DISTILL = "distill"
+    QUANTIZE = "quantize"
+
+
+STAGE_ORDER: tuple[Stage, ...] = (Stage.PRUNE, Stage.DISTILL, Stage.QUANTIZE)
+NONE = "none"
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's ``Config``: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Artefact:
+    """A saved model for one runtime: what is measured, shipped and reloaded.
+
+    Attributes:
+        path: The main file (``.onnx``, ``.pt2``, ...).
+        runtime: Name of the runtime that loads it.
+        precision: ``fp32``, ``int8``, ``mixed`` ...
+        extra_files: Further files that belong to it (weights beside an IR, ...).
+    """
+
+    path: Path
+    runtime: str
+    precision: str = "fp32"
+    extra_files: list[Path] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [Path(self.path), *map(Path, self.extra_files)]
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of every file of the artefact."""
+        return sum(f.stat().st_size for f in self.files)
+
+
+@dataclass
+class TrialContext:
+    """What a plugin may use besides the model.
+
+    Attributes:
+        data: Train/val/test splits (fine-tune on ``train``, calibrate on ``train``).
+        teacher: The float base model in eval mode, for distillation. Do not modify.
+        device: Torch device for training.
+        runtime: Name of the runtime the final artefact is saved for.
+        example_input: A normalised batch of the measured batch size.
+        workdir: A folder for this trial's files.
+        seed: Seed for any randomness.
+        batch_size: Batch size for training and calibration.
+        threads: Thread count of the target device.
+        report: Callback ``report(step, accuracy)`` for fine-tuning curves.
+        log: Callback for one line of progress.
+    """
+
+    data: DataBundle
+    teacher: torch.nn.Module | None
+    device: torch.device
+    runtime: str
+    example_input: torch.Tensor
+    workdir: Path
+    seed: int = 0
+    batch_size: int = 64
+    threads: int = 2
+    report: Callable[[int, float], None] = lambda step, acc: None
+    log: Callable[[str], None] = lambda line: None
+
+
+class Plugin(abc.ABC):
+    """Base class of every method plugin.
+
+    Subclasses set the class attributes and implement :meth:`apply`. They are
+    constructed with a validated config: ``MyPlugin(config=MyPlugin.Config(ratio=0.5))``
+    or ``MyPlugin.from_params({"ratio": 0.5})``.
+
+    Attributes:
+        name: Unique name used in search spaces and results.
+        stage: The stage the plugin belongs to.
+        Config: pydantic model of its parameters.
+        search_space: Default search ranges, ``{param: {"low":..,"high":..} | {"choices":[..]} | value}``.
+        runtimes: Runtimes whose artefacts it can produce; ``None`` = any (it returns a module).
+        changes_structure: Whether latency and size depend on it (pruning, quantization)
+            rather than only the weights' values (distillation).
+    """
+
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+    search_space: ClassVar[dict[str, Any]] = {}
+    runtimes: ClassVar[frozenset[str] | None] = None
+    changes_structure: ClassVar[bool] = True
+
+    def __init__(self, *, config: PluginConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "Plugin":
+        """Builds the plugin from plain parameters, validated by its ``Config``."""
+        return cls(config=cls.Config.model_validate(params))
+
+    @classmethod
+    def strongest(cls, space: dict[str, Any]) -> dict[str, Any]:
+        """Parameters of the most compressing configuration in ``space``.
+
+        Used to tell, before searching, whether any configuration can meet the budget.
+        The default takes each range's upper end and each list's first choice.
+        """
+        out = {}
+        for key, spec in space.items():
+            if isinstance(spec, dict) and "high" in spec:
+                out[key] = spec["high"]
+            elif isinstance(spec, dict) and "choices" in spec:
+                out[key] = spec["choices"][0]
+            else:
+                out[key] = spec
+        return out
+
+    @abc.abstractmethod
+    def apply(self, model: torch.nn.Module, ctx: TrialContext) -> "torch.nn.Module | Artefact":
+        """Transforms the model.
+
+        Args:
+            model: A float model owned by this trial (modify it freely).
+            ctx: Data, teacher, device and runtime of the trial.
+
+        Returns:
+            The transformed module, or for the quantize stage an :class:`Artefact`.
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

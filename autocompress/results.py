@@ -1,0 +1,87 @@
+"""The run folder: its files, written so that a crash never leaves a half-written one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+class RunFolder:
+    """Paths and writers of ``results/<run>/``.
+
+    Layout::
+
+        config.yaml      the resolved run config
+        machine.json     CPU (lscpu), threads, library versions
+        base.json        the base model's measured record
+        base/            its weights and artefact
+        trials.jsonl     one line per finished trial
+        pareto.json      the feasible non-dominated trials (rewritten after every trial)
+        trials/NNNN/     artefacts of front trials (others are removed when dominated)
+        study.db         the Optuna study (SQLite, unless another storage is configured)
+        run.log          progress lines
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.jsonl"
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return atomic_write(self.path / name, json.dumps(data, indent=1, default=str))
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+    def append_trial(self, record: dict[str, Any]) -> None:
+        with open(self.trials_file, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every recorded trial; the last line wins for a number recorded twice; a torn last line is skipped."""
+        if not self.trials_file.exists():
+            return []
+        out: dict[int, dict] = {}
+        for line in self.trials_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[record["number"]] = record
+        return [out[k] for k in sorted(out)]
+
+    def log(self, line: str) -> None:
+        with open(self.path / "run.log", "a") as fh:
+            fh.write(line.rstrip() + "\n")
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    """Writes through a temporary file and ``os.replace`` so readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_files(paths: Iterable[Path]) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)

@@ -1,0 +1,233 @@
+"""Search-space files: for each stage, the plugins the search may choose and their ranges.
+
+```yaml
+prune:
+  none: {}                                   # the stage may be skipped
+  channel_prune:
+    ratio: {low: 0.2, high: 0.7, step: 0.1}  # a range (int or float, from the plugin's Config)
+    importance: [l1, l2]                     # choices
+    round_to: 8                              # one fixed value
+quantize:
+  int8_static: {}                            # the plugin's own default ranges
+warm_start:                                  # tried first, in order (unset params are sampled)
+  - {quantize: int8_static}
+  - {prune: {channel_prune: {ratio: 0.5}}, distill: logit_kd, quantize: int8_static}
+```
+A parameter left out takes the plugin's default range, then its ``Config`` default.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from pydantic import ValidationError
+
+from autocompress.errors import UserError, describe_validation_error
+from autocompress.plugin import NONE, STAGE_ORDER, Plugin, Stage
+
+Choice = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space.
+
+    Attributes:
+        stages: ``{stage: {plugin name or "none": {param: spec}}}`` with defaults merged in.
+        warm_start: Optuna parameter dicts to enqueue first.
+        source: The file it came from.
+    """
+
+    stages: dict[Stage, dict[str, dict[str, Any]]]
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+    def suggest(self, trial: optuna.Trial, registry) -> dict[str, Choice]:
+        """Asks Optuna for one configuration: ``{stage: (plugin name, params)}``."""
+        chosen: dict[str, Choice] = {}
+        for stage in STAGE_ORDER:
+            options = list(self.stages.get(stage, {}) or {NONE: {}})
+            name = trial.suggest_categorical(stage.value, options) if len(options) > 1 else options[0]
+            params: dict[str, Any] = {}
+            if name != NONE:
+                cls = registry.get(name)
+                for param, spec in self.stages[stage][name].items():
+                    params[param] = _suggest_one(trial, f"{stage.value}.{name}.{param}", spec, _kind(cls, param))
+            chosen[stage.value] = (name, params)
+        return chosen
+
+    def strongest(self, registry) -> dict[str, Choice]:
+        """The most compressing structural configuration: for the budget check before a search."""
+        chosen: dict[str, Choice] = {}
+        for stage in STAGE_ORDER:
+            best = (NONE, {})
+            for name, space in self.stages.get(stage, {}).items():
+                if name == NONE:
+                    continue
+                cls = registry.get(name)
+                if cls.changes_structure:
+                    best = (name, cls.strongest(space))
+                    break
+            chosen[stage.value] = best
+        return chosen
+
+
+def _kind(cls: type[Plugin], param: str) -> type:
+    annotation = cls.Config.model_fields[param].annotation
+    args = typing.get_args(annotation) or (annotation,)
+    if int in args and float not in args and bool not in args:
+        return int
+    return float
+
+
+def _suggest_one(trial: optuna.Trial, key: str, spec: Any, kind: type) -> Any:
+    if isinstance(spec, dict) and "low" in spec:
+        if kind is int:
+            return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
+                                     log=bool(spec.get("log", False)))
+        return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                   log=bool(spec.get("log", False)))
+    if isinstance(spec, dict) and "choices" in spec:
+        return trial.suggest_categorical(key, list(spec["choices"]))
+    return spec
+
+
+def normalise_spec(spec: Any) -> Any:
+    """A list means choices; everything else is kept."""
+    if isinstance(spec, list):
+        return {"choices": spec}
+    return spec
+
+
+def check_plugin_space(cls: type[Plugin], space: dict[str, Any], where: str) -> dict[str, Any]:
+    """Checks ranges against what the plugin's Config accepts.
+
+    Returns:
+        The space with lists turned into ``{"choices": [...]}``.
+
+    Raises:
+        UserError: An unknown parameter, a malformed range, or a value the Config rejects.
+    """
+    if not isinstance(space, dict):
+        raise UserError(f"{where}: expected a mapping of parameter ranges, got {type(space).__name__}")
+    fields = cls.Config.model_fields
+    out = {}
+    for param, raw in space.items():
+        if param not in fields:
+            raise UserError(f"{where}.{param}: unknown parameter of {cls.name}; allowed: {', '.join(fields) or 'none'}")
+        spec = normalise_spec(raw)
+        key = f"{where}.{param}"
+        if isinstance(spec, dict):
+            keys = set(spec)
+            if "choices" in keys:
+                if keys != {"choices"} or not spec["choices"]:
+                    raise UserError(f"{key}: choices must be a non-empty list and alone")
+                values = list(spec["choices"])
+            elif {"low", "high"} <= keys and keys <= {"low", "high", "step", "log"}:
+                if not all(isinstance(spec[k], (int, float)) and not isinstance(spec[k], bool) for k in ("low", "high")):
+                    raise UserError(f"{key}: low and high must be numbers")
+                if spec["low"] > spec["high"]:
+                    raise UserError(f"{key}: low ({spec['low']}) is above high ({spec['high']})")
+                if spec.get("log") and spec["low"] <= 0:
+                    raise UserError(f"{key}: a log range needs low > 0")
+                values = [spec["low"], spec["high"]]
+            else:
+                raise UserError(f"{key}: a range is {{low, high[, step, log]}}, choices are a list; got keys {sorted(keys)}")
+        else:
+            values = [spec]
+        for value in values:
+            try:
+                cls.Config.model_validate({param: value})
+            except ValidationError as err:
+                detail = describe_validation_error(err, cls.Config).split(": ", 1)[-1]
+                raise UserError(f"{key}: {value!r} is outside what {cls.name} accepts: {detail}") from None
+        out[param] = spec
+    return out
+
+
+def load_search_space(path: Path | str, registry, runtime: str | None = None) -> SearchSpace:
+    """Reads and validates a search-space file against the registered plugins.
+
+    Args:
+        path: The YAML file.
+        registry: The plugin registry.
+        runtime: The target runtime; plugins that cannot produce it are rejected.
+
+    Raises:
+        UserError: The file is missing or malformed, or names an unknown plugin or a bad range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"search_space: file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"search_space: {path} is not valid YAML") from None
+    return parse_search_space(raw, registry, runtime, source=str(path))
+
+
+def parse_search_space(raw: dict, registry, runtime: str | None = None, source: str = "") -> SearchSpace:
+    """Validates a search space given as a mapping (see :func:`load_search_space`)."""
+    allowed = [s.value for s in STAGE_ORDER] + ["warm_start"]
+    if not isinstance(raw, dict):
+        raise UserError(f"search_space: expected a mapping with keys {', '.join(allowed)}")
+    for key in raw:
+        if key not in allowed:
+            raise UserError(f"search_space.{key}: unknown key; allowed: {', '.join(allowed)}")
+    stages: dict[Stage, dict[str, dict[str, Any]]] = {}
+    for stage in STAGE_ORDER:
+        entry = raw.get(stage.value)
+        if entry is None:
+            continue
+        if isinstance(entry, list):
+            entry = {name: {} for name in entry}
+        if not isinstance(entry, dict) or not entry:
+            raise UserError(f"search_space.{stage.value}: list the plugins to choose from (and 'none' to allow skipping)")
+        stages[stage] = {}
+        for name, space in entry.items():
+            where = f"search_space.{stage.value}.{name}"
+            if name == NONE:
+                stages[stage][NONE] = {}
+                continue
+            if name not in registry:
+                known = registry.names(stage)
+                raise UserError(f"{where}: unknown plugin {name!r}; known {stage.value} plugins: {', '.join(known) or 'none'}")
+            cls = registry.get(name)
+            if cls.stage != stage:
+                raise UserError(f"{where}: {name} is a {cls.stage.value} plugin, not {stage.value}")
+            if runtime is not None and cls.runtimes is not None and runtime not in cls.runtimes:
+                raise UserError(f"{where}: {name} produces artefacts for {', '.join(sorted(cls.runtimes))}, not device.runtime={runtime}")
+            merged = {k: normalise_spec(v) for k, v in cls.search_space.items()}
+            merged.update(check_plugin_space(cls, space or {}, where))
+            stages[stage][name] = merged
+    space = SearchSpace(stages=stages, source=source)
+    space.warm_start = [_warm_params(i, item, space) for i, item in enumerate(raw.get("warm_start") or [])]
+    return space
+
+
+def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any]:
+    where = f"search_space.warm_start[{index}]"
+    if not isinstance(item, dict):
+        raise UserError(f"{where}: expected {{stage: plugin}} or {{stage: {{plugin: {{param: value}}}}}}")
+    params: dict[str, Any] = {}
+    for stage in STAGE_ORDER:
+        options = space.stages.get(stage, {})
+        value = item.get(stage.value, NONE)
+        name, fixed = (next(iter(value.items())) if isinstance(value, dict) and len(value) == 1 else (value, {}))
+        if not isinstance(name, str) or name not in (options or {NONE: {}}):
+            raise UserError(f"{where}.{stage.value}: {name!r} is not among the search space's choices: {', '.join(options) or 'none'}")
+        if len(options) > 1:
+            params[stage.value] = name
+        for param, val in (fixed or {}).items():
+            if param not in options[name]:
+                raise UserError(f"{where}.{stage.value}.{name}.{param}: not a searched parameter of {name}")
+            params[f"{stage.value}.{name}.{param}"] = val
+    for key in item:
+        if key not in {s.value for s in STAGE_ORDER}:
+            raise UserError(f"{where}.{key}: unknown stage; allowed: prune, distill, quantize")
+    return params

@@ -1,0 +1,212 @@
+"""One trial: copy the base, apply the chosen plugins prune → distill → quantize, save the
+artefact for the target runtime, reload it, and measure it.
+
+A trial takes a plain :class:`TrialSpec` and returns a plain record (a JSON-able dict),
+so any executor (in-process, Ray) can run it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import platform
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autocompress.config import RunConfig
+from autocompress.data import DataBundle, load_data
+from autocompress.measure import count_params, measure_latency, top1
+from autocompress.models import create_model
+from autocompress.plugin import NONE, STAGE_ORDER, Artefact, TrialContext
+from autocompress.registry import Registry, discover
+from autocompress.runtimes import get_runtime
+
+BASE = "base"
+
+
+@dataclass
+class TrialSpec:
+    """Everything a worker needs to run one trial.
+
+    Attributes:
+        number: Optuna trial number (-1 for the base model).
+        choices: ``{stage: [plugin name or "none", params]}``.
+        run_dir: The run folder (shared with workers).
+        config: The resolved run config, as a plain dict.
+        plugin_files: Plugin files to load (besides entry points).
+        structure_only: Skip stages that do not change structure (a cheap probe of latency and size).
+        keep_artefact: Keep the saved artefact under ``trials/<number>/``.
+    """
+
+    number: int
+    choices: dict[str, list]
+    run_dir: str
+    config: dict
+    plugin_files: list[str] = field(default_factory=list)
+    structure_only: bool = False
+    keep_artefact: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    if number < 0:
+        return Path(run_dir) / ("base" if number == -1 else "probe")
+    return Path(run_dir) / f"trials/{number:04d}"
+
+
+@functools.lru_cache(maxsize=4)
+def _registry(files: tuple[str, ...]) -> Registry:
+    return discover(files=list(files))
+
+
+@functools.lru_cache(maxsize=2)
+def _base_model(run_dir: str, config_json: str) -> torch.nn.Module:
+    config = RunConfig.model_validate_json(config_json)
+    data = load_data(config.data, config.model.img_size)
+    model = create_model(config.model.model_copy(update={"pretrained": False, "checkpoint": None}),
+                         config.model.num_classes or data.num_classes)
+    model.load_state_dict(torch.load(Path(run_dir) / "base" / "weights.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _base_predictor(path: str, runtime: str, threads: int, device: str, mtime: float):
+    suffix_runtime = get_runtime(runtime)
+    return suffix_runtime.load(Artefact(Path(path), runtime), threads=threads, device=device)
+
+
+def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
+    """Runs one trial and returns its record; never raises for a failing trial.
+
+    The record holds ``state`` (``complete`` or ``fail``), ``reason``, ``choices``, ``metrics``
+    (accuracy, test_accuracy, latency_ms, size_bytes, size_mb, params, precision, runtime),
+    the full latency statistics, stage durations, the fine-tune curve and the artefact path.
+    """
+    if isinstance(spec, dict):
+        spec = TrialSpec(**spec)
+    started = time.time()
+    record: dict[str, Any] = {
+        "number": spec.number, "choices": spec.choices, "state": "running", "reason": None,
+        "host": socket.gethostname(), "started": started, "structure_only": spec.structure_only,
+    }
+    out_dir = trial_dir(Path(spec.run_dir), spec.number)
+    try:
+        record.update(_run(spec, out_dir))
+        record["state"] = "complete"
+    except (Exception, MemoryError) as err:  # a failing trial is data, not a crash
+        record["state"] = "fail"
+        record["reason"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "error.txt").write_text(traceback.format_exc())
+        if not spec.keep_artefact or spec.number >= 0:
+            for f in out_dir.glob("model*"):
+                f.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(out_dir / "tmp", ignore_errors=True)
+    record["finished"] = time.time()
+    record["duration_s"] = round(record["finished"] - started, 3)
+    return record
+
+
+def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
+    config = RunConfig.model_validate(spec.config)
+    threads = config.device.threads
+    torch.set_num_threads(threads)
+    device = torch.device(config.device.type if config.device.type == "cpu" or torch.cuda.is_available() else "cpu")
+    if config.device.type == "cuda" and device.type != "cuda":
+        raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
+    registry = _registry(tuple(spec.plugin_files))
+    data: DataBundle = load_data(config.data, config.model.img_size)
+    runtime = get_runtime(config.device.runtime)
+    teacher = _base_model(spec.run_dir, config.model_dump_json())
+    model = copy.deepcopy(teacher)
+    work = out_dir / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    curve: list[list[float]] = []
+    durations: dict[str, float] = {}
+    ctx = TrialContext(
+        data=data, teacher=teacher, device=device, runtime=runtime.name,
+        example_input=data.train.example(config.device.batch_size), workdir=work,
+        seed=config.search.seed + max(spec.number, 0), batch_size=config.data.batch_size, threads=threads,
+        report=lambda step, acc: curve.append([step, round(float(acc), 4)]),
+    )
+    result: torch.nn.Module | Artefact = model
+    params_count = count_params(model)
+    for stage in STAGE_ORDER:
+        name, params = spec.choices.get(stage.value, [NONE, {}])
+        if name == NONE:
+            continue
+        cls = registry.get(name)
+        if spec.structure_only and not cls.changes_structure:
+            continue
+        if isinstance(result, Artefact):
+            raise RuntimeError(f"{name} cannot follow a stage that already produced a {result.runtime} artefact")
+        t0 = time.perf_counter()
+        torch.manual_seed(ctx.seed)
+        result = cls.from_params(params).apply(result, ctx)
+        durations[stage.value] = round(time.perf_counter() - t0, 3)
+        if isinstance(result, torch.nn.Module):
+            result = result.cpu().eval()
+            params_count = count_params(result)
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"model{runtime.suffix}"
+    if isinstance(result, torch.nn.Module):
+        artefact = runtime.save(result, ctx.example_input, final)
+    else:
+        if result.runtime != runtime.name:
+            raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
+        shutil.move(str(result.path), final)
+        artefact = Artefact(final, result.runtime, result.precision)
+    durations["export"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    predict = runtime.load(artefact, threads=threads, device=device.type)
+    accuracy = top1(predict, data.val, batch_size=config.data.batch_size)
+    test_accuracy = top1(predict, data.test, batch_size=config.data.batch_size)
+    predictors = {"trial": predict}
+    base_path = Path(spec.run_dir) / "base" / f"model{runtime.suffix}"
+    if spec.number >= 0 and base_path.exists():
+        predictors[BASE] = _base_predictor(str(base_path), runtime.name, threads, device.type, base_path.stat().st_mtime)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    lat = measure_latency(predictors, data.test.example(config.device.batch_size), warmup=config.device.warmup,
+                          repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
+    durations["measure"] = round(time.perf_counter() - t0, 3)
+    size = artefact.size_bytes()
+    record = {
+        "metrics": {
+            "accuracy": round(accuracy, 4), "test_accuracy": round(test_accuracy, 4),
+            "latency_ms": lat["trial"].median_ms, "size_bytes": size, "size_mb": round(size / 1e6, 6),
+            "params": params_count, "precision": artefact.precision, "runtime": artefact.runtime,
+        },
+        "latency": lat["trial"].to_dict(),
+        "durations": durations,
+        "curve": curve,
+        "artefact": str(final.relative_to(spec.run_dir)),
+        "device": _device_name(device),
+    }
+    if BASE in lat:
+        record["base_latency_same_window"] = lat[BASE].to_dict()
+        record["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
+    if not spec.keep_artefact:
+        for f in artefact.files:
+            f.unlink(missing_ok=True)
+        record["artefact"] = None
+    (out_dir / "record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}"
