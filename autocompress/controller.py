@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import warnings
+
 import optuna
 
 from autocompress.base import prepare_base
@@ -30,6 +32,8 @@ from autocompress.registry import Registry, discover
 from autocompress.results import RunFolder, atomic_write
 from autocompress.search_space import SearchSpace, load_search_space
 from autocompress.trial import TrialSpec, run_trial, trial_dir
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 LATENCY_NOISE = 1.25  # a probe this much over the latency budget cannot be noise
 
@@ -221,6 +225,7 @@ class Search:
                         durations.append(record["duration_s"])
                     pareto = self._write_pareto()
                     self.progress.running = len(pending)
+                    self.on_event("trial", record)
         except KeyboardInterrupt:
             self.log("interrupted: the running trial is recorded as failed and re-queued for --resume")
             for number in self.executor.cancel_all() or list(pending):
@@ -252,7 +257,6 @@ class Search:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         self.records[record["number"]] = record
         self.run.append_trial(record)
-        self.on_event("trial", record)
 
     def _write_pareto(self) -> dict:
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
