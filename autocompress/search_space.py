@@ -90,8 +90,9 @@ def _suggest_one(trial: optuna.Trial, key: str, spec: Any, kind: type) -> Any:
         if kind is int:
             return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
                                      log=bool(spec.get("log", False)))
-        return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                   log=bool(spec.get("log", False)))
+        value = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                    log=bool(spec.get("log", False)))
+        return round(value, 10) if spec.get("step") else value
     if isinstance(spec, dict) and "choices" in spec:
         return trial.suggest_categorical(key, list(spec["choices"]))
     return spec
