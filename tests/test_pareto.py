@@ -1,0 +1,27 @@
+import pytest
+
+from autocompress.pareto import dominates, front, hypervolume
+
+
+def rec(n, acc, lat, size):
+    return {"number": n, "metrics": {"accuracy": acc, "latency_ms": lat, "size_mb": size}}
+
+
+def test_dominance_respects_directions():
+    assert dominates([90, 1, 1], [89, 1, 1])
+    assert not dominates([90, 1, 1], [90, 1, 1])
+    assert not dominates([90, 2, 1], [89, 1, 1])
+
+
+def test_front_keeps_trade_offs_and_drops_dominated():
+    records = [rec(0, 90, 1.0, 5), rec(1, 95, 2.0, 5), rec(2, 89, 1.5, 6), rec(3, 80, 0.5, 1)]
+    assert [r["number"] for r in front(records)] == [1, 0, 3]
+
+
+def test_hypervolume_of_boxes():
+    assert hypervolume([[0.5, 0.5]], [1, 1]) == pytest.approx(0.25)
+    assert hypervolume([[0.5, 0.5], [0.25, 0.75]], [1, 1]) == pytest.approx(0.25 + 0.25 * 0.25)
+    assert hypervolume([[0, 0, 0]], [1, 2, 3]) == pytest.approx(6)
+    two = hypervolume([[0.5, 0, 0], [0, 0.5, 0.5]], [1, 1, 1])
+    assert two == pytest.approx(0.5 + 0.25 - 0.5 * 0.5 * 0.5)
+    assert hypervolume([[1.5, 0, 0]], [1, 1, 1]) == 0.0
