@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from autocompress.errors import UserError
 
@@ -29,6 +30,11 @@ def search(
     search_space: Optional[Path] = typer.Option(None, "--search-space", help="Search-space YAML."),
     plugins_dir: Optional[Path] = typer.Option(None, "--plugins-dir", help="Folder of plugin files."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the study of this run folder."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="inprocess or ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Trials at once (with --executor ray)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="auto, ray://host:10001; none = local Ray."),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", help="CPUs Ray reserves per trial."),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="GPUs per trial (0.5 shares one)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Run a compression search and write results/<run>/."""
@@ -40,7 +46,11 @@ def search(
         "search.trials": trials, "search.timeout": timeout, "search.seed": seed, "search.sampler": sampler,
         "search_space": str(search_space) if search_space else None,
         "plugins_dir": str(plugins_dir) if plugins_dir else None,
+        "search.executor": executor, "search.workers": workers, "search.ray_address": ray_address,
+        "search.cpus_per_trial": cpus_per_trial, "search.gpus_per_trial": gpus_per_trial,
     }.items() if v is not None}
+    if (workers or ray_address) and executor is None:
+        overrides["search.executor"] = "ray"
     if resume is not None:
         if config is not None:
             raise UserError("--resume: give either a config file or --resume RUN, not both")
@@ -103,13 +113,55 @@ def plugins(
     console.print(plugins_table(plugins_dir))
 
 
+@app.command()
+def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
+    """Write RUN/report.html (interactive front, hypervolume, importances; works offline) and RUN/front.png."""
+    from autocompress.report import write_report
+
+    page, png = write_report(run)
+    console.print(f"wrote [bold]{page}[/] and [bold]{png}[/]")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder."),
+    trial: int = typer.Option(..., "--trial", help="A trial number on the Pareto front (see `autocompress show`)."),
+    fmt: str = typer.Option(..., "--format", help="onnx, torchscript or pt2."),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default RUN/exports/trial-NNNN.<ext>)."),
+) -> None:
+    """Write a front model as ONNX, TorchScript or a torch.export program; reload and re-measure it."""
+    from rich.table import Table
+
+    from autocompress.export import ExportMismatch, export as export_model
+
+    try:
+        result = export_model(run, trial, fmt, out)
+    except ExportMismatch as err:
+        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    rec, new = result.recorded, result.measured
+    table = Table(title=f"trial {trial} as {fmt}: re-measured vs in search", title_justify="left")
+    for col in ("", f"in search ({rec['runtime']})", f"exported ({result.runtime})", "change"):
+        table.add_column(col, justify="left" if not col else "right")
+    for key, label, unit in (("accuracy", "val top-1", "%"), ("test_accuracy", "test top-1", "%"),
+                             ("latency_ms", f"latency (batch {result.batch_size})", " ms"),
+                             ("size_mb", "size", " MB")):
+        change = new[key] - rec[key]
+        table.add_row(label, f"{rec[key]:.4g}{unit}", f"{new[key]:.4g}{unit}",
+                      f"{change:+.2f} pp" if unit == "%" else f"{new[key] / rec[key]:.2f}x" if rec[key] else "")
+    console.print(table)
+    console.print(f"wrote [bold]{result.path}[/]")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) is returned, not raised, outside standalone mode
+            sys.exit(code)
     except UserError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)

@@ -104,7 +104,8 @@ class DeviceConfig(_Strict):
         type: ``cpu`` or ``cuda``.
         threads: Intra-op threads, fixed for every measurement.
         batch_size: Batch of the latency measurement.
-        runtime: Runtime the artefact is saved for and measured on.
+        runtime: Runtime the artefact is saved for and measured on (``openvino`` needs the
+            ``openvino`` extra: ``pip install -e ".[openvino]"``).
         warmup: Calls before timing.
         repeats: Timed calls per round.
         rounds: Rounds, interleaved with the base model's, whose spread is kept.
@@ -113,10 +114,22 @@ class DeviceConfig(_Strict):
     type: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(default=2, ge=1, le=512)
     batch_size: int = Field(default=1, ge=1, le=1024)
-    runtime: Literal["onnxruntime", "torch"] = "onnxruntime"
+    runtime: Literal["onnxruntime", "torch", "openvino"] = "onnxruntime"
     warmup: int = Field(default=20, ge=0)
     repeats: int = Field(default=50, ge=1)
     rounds: int = Field(default=5, ge=1)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_installed(cls, value: str) -> str:
+        from pydantic_core import PydanticCustomError
+
+        from autocompress.runtimes import RUNTIMES
+
+        problem = RUNTIMES[value].missing() if value in RUNTIMES else None
+        if problem:  # e.g. openvino chosen but not installed: one line naming what to install
+            raise PydanticCustomError("runtime_missing", problem.removeprefix("device.runtime: "))
+        return value
 
 
 class SearchConfig(_Strict):
@@ -130,6 +143,11 @@ class SearchConfig(_Strict):
         storage: Optuna storage URL; ``null`` = SQLite ``study.db`` in the run folder.
         study_name: Optuna study name; ``null`` = the run folder's name.
         executor: ``inprocess`` (trials run in this process) or ``ray``.
+        workers: Trials in flight at once with ``ray`` (``inprocess`` runs one).
+        cpus_per_trial: CPUs Ray reserves per trial; ``null`` = ``device.threads``.
+        gpus_per_trial: GPUs Ray reserves per trial (fractions share a GPU).
+        ray_address: ``null`` starts a local Ray; ``auto`` joins the running cluster;
+            ``ray://host:10001`` connects a remote one.
         warm_start: Enqueue the search space's known-good configurations first.
     """
 
@@ -140,12 +158,23 @@ class SearchConfig(_Strict):
     storage: str | None = None
     study_name: str | None = None
     executor: Literal["inprocess", "ray"] = "inprocess"
+    workers: int = Field(default=1, ge=1, le=4096)
+    cpus_per_trial: float | None = Field(default=None, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    ray_address: str | None = None
     warm_start: bool = True
 
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        if value is None or value in {"auto", "local"} or value.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", value):
+            return value
+        raise ValueError(f"not a Ray address: {value!r}; use auto, ray://host:10001 or host:6379")
 
 
 class RunConfig(_Strict):

@@ -24,7 +24,7 @@ import optuna
 from autocompress.base import prepare_base
 from autocompress.config import RunConfig, dump_config
 from autocompress.errors import UserError
-from autocompress.executors import Executor, InProcessExecutor
+from autocompress.executors import Executor, make_executor
 from autocompress.machine import describe
 from autocompress.pareto import DIRECTIONS, OBJECTIVES, constraints, front, objective_values
 from autocompress.plugin import NONE, STAGE_ORDER
@@ -82,7 +82,7 @@ class Search:
                  on_event: Callable[[str, Any], None] | None = None) -> None:
         self.config = config
         self.run = RunFolder(run_dir)
-        self.executor = executor or InProcessExecutor()
+        self.executor = executor or make_executor(config, run_dir)
         self.on_event = on_event or (lambda kind, payload: None)
         self.registry: Registry | None = None
         self.space: SearchSpace | None = None
@@ -124,6 +124,9 @@ class Search:
         atomic_write(self.run / "config.yaml", dump_config(self.config))
         self.run.write_json("machine.json", describe(self.config.device.threads))
         prepare_base(self.config, self.run.path, log=self.log)
+        from autocompress.data import load_data
+
+        self.run.write_json("data.json", load_data(self.config.data, self.config.model.img_size).summary())
         base = run_trial(self._spec(-1, {s.value: (NONE, {}) for s in STAGE_ORDER}))
         if base["state"] != "complete":
             raise RuntimeError(f"the base model could not be measured: {base['reason']}")
@@ -157,7 +160,7 @@ class Search:
                             f"on {m['runtime']} with {self.config.device.threads} threads")
 
     def _study(self) -> optuna.Study:
-        storage = self.config.search.storage or f"sqlite:///{(self.run / 'study.db').resolve()}"
+        storage = make_storage(self.config.search.storage, self.run.path)
         name = self.config.search.study_name or self.run.path.name
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS),
@@ -165,6 +168,10 @@ class Search:
         if not study.metric_names:
             study.set_metric_names(list(OBJECTIVES))
         study.set_user_attr("run_dir", str(self.run.path.resolve()))
+        if study.trials:  # resumed: a seed of its own, or a seeded sampler would replay the first run's draws
+            s = self.config.search
+            study.sampler = make_sampler(self.config.model_copy(
+                update={"search": s.model_copy(update={"seed": s.seed + len(study.trials)})}))
         self._requeue_stale(study)
         if self.config.search.warm_start and not study.trials:
             for params in self.space.warm_start:
@@ -172,10 +179,103 @@ class Search:
         return study
 
     def _requeue_stale(self, study: optuna.Study) -> None:
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(t.params, skip_if_exists=False)
-            self.log(f"trial {t.number}: was running when the last process stopped; marked failed, re-queued")
+        """Makes the study and ``trials.jsonl`` agree again after the last process stopped anywhere.
+
+        A finished trial's record is stored in the study (user attr ``record``), then appended
+        to ``trials.jsonl``, then told (see :meth:`_tell`), so after a SIGKILL at any point:
+        finished in the study but missing from ``trials.jsonl`` -> its stored record is appended;
+        RUNNING with a record in either place -> told with that record (it is not re-run);
+        RUNNING without a record -> it was cut off: recorded failed, its params re-queued.
+        No heartbeat is needed: the run-folder lock (:meth:`_lock`) guarantees that no other
+        controller is driving the study, so every RUNNING trial here is stale.
+        """
+        text = self.run.trials_file.read_text() if self.run.trials_file.exists() else ""
+        if text and not text.endswith("\n"):  # torn last line: drop it before anything is appended
+            atomic_write(self.run.trials_file, "".join(json.dumps(r, default=str) + "\n" for r in self.run.trials()))
+        records = {r["number"]: r for r in self.run.trials()}
+        for t in study.get_trials(deepcopy=False):
+            stored = t.user_attrs.get("record")
+            if t.state.is_finished():
+                if t.number not in records and stored is not None:
+                    self.run.append_trial(stored)
+                    self.log(f"trial {t.number}: record restored to trials.jsonl from the study")
+                continue
+            if t.state != optuna.trial.TrialState.RUNNING:
+                continue
+            record = records.get(t.number) or stored
+            if record is None:
+                choices = t.user_attrs.get("choices") or {}
+                self._interrupt(study, t.number, t._trial_id, t.params, choices,
+                                "interrupted: the search stopped while it ran; re-queued",
+                                t.datetime_start.timestamp() if t.datetime_start else None)
+                self.log(f"trial {t.number}: was running when the last process stopped; marked failed, re-queued")
+                continue
+            if t.number not in records:
+                self.run.append_trial(record)
+            if record["state"] == "complete":
+                trial = optuna.trial.Trial(study, t._trial_id)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for key, value in (record.get("constraints") or {}).items():
+                        trial.set_constraint(key, value)
+                study.tell(t.number, objective_values(record))
+            else:
+                if record.get("interrupted"):
+                    self._requeue(study, t.params)
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            self.log(f"trial {t.number}: had finished when the last process stopped; recorded, not re-run")
+
+    def _requeue(self, study: optuna.Study, params: dict) -> None:
+        """Enqueues ``params`` unless an identical trial is already waiting (safe to repeat)."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            if t.system_attrs.get("fixed_params") == params:
+                return
+        study.enqueue_trial(params)
+
+    def _interrupt(self, study: optuna.Study, number: int, trial_id: int, params: dict, choices: dict,
+                   reason: str, started: float | None) -> None:
+        """Records a trial that was stopped (Ctrl-C, time limit, crash) as failed and re-queues its params.
+
+        Order: stored record, trials.jsonl, re-queue, tell; each step is repeatable on resume.
+        """
+        now = time.time()
+        record = {"number": number, "choices": choices, "state": "fail", "reason": reason, "interrupted": True,
+                  "host": None, "started": started or now, "structure_only": False, "finished": now,
+                  "duration_s": round(now - (started or now), 3), "feasible": False}
+        study._storage.set_trial_user_attr(trial_id, "record", record)
+        self.records[number] = record
+        self.run.append_trial(record)
+        self._requeue(study, params)
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+    def _abandon(self, study: optuna.Study, pending: dict, started: dict, reason: str) -> None:
+        """Stops every running trial (Ray: force-cancelled) and records it via :meth:`_interrupt`."""
+        self.executor.cancel_all()
+        for number in list(pending):
+            trial = pending.pop(number)
+            self._interrupt(study, number, trial._trial_id, trial.params, started.get(number, (None, {}))[1],
+                            reason, started.get(number, (None, {}))[0])
+        self.progress.running = 0
+
+    def _lock(self):
+        """Holds ``RUN/.lock`` while searching: a second controller on the same run stops at once.
+
+        The kernel drops the lock when the process dies, SIGKILL included.
+        """
+        import fcntl
+
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.run / ".lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise UserError(f"{self.run.path} is in use by another autocompress process; wait for it or stop it")
+        return fh
+
+    def _past_limit(self) -> bool:
+        timeout = self.config.search.timeout
+        return timeout is not None and time.time() - self.progress.started >= timeout
 
     def stop(self) -> None:
         """Stops starting trials; the running ones finish (Ctrl-C, time budget)."""
@@ -192,26 +292,48 @@ class Search:
         return elapsed + estimate <= timeout
 
     def search(self) -> dict:
-        """Runs the search to its trial count or time budget; returns the final ``pareto.json``."""
+        """Runs the search to its trial count or time budget; returns the final ``pareto.json``.
+
+        At the time limit, trials still running are cancelled, recorded failed ("cancelled at
+        time limit") and re-queued for ``--resume``; Ctrl-C does the same, then re-raises.
+        """
         if self.registry is None:
             self.validate()
         self.progress.started = time.time()
-        self.prepare()
-        study = self._study()
-        self.records = {r["number"]: r for r in self.run.trials()}
-        finished = [t for t in study.trials if t.state.is_finished()]
-        started = len(finished)
-        self.progress.done = len(finished)
-        self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
-        durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
+        lock = self._lock()
         pending: dict[int, optuna.Trial] = {}
-        pareto = self._write_pareto()
+        begun: dict[int, tuple[float, dict]] = {}
+        study = None
+        interrupted_flag = []
+
+        def on_sigint(signum, frame):  # remembered too, in case code inside a trial swallows the exception
+            interrupted_flag.append(signum)
+            raise KeyboardInterrupt
+
+        import signal
+        import threading
+
+        previous = signal.signal(signal.SIGINT, on_sigint) if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler) else None
         try:
+            self.prepare()
+            study = self._study()
+            self.records = {r["number"]: r for r in self.run.trials()}
+            interrupted = {n for n, r in self.records.items() if r.get("interrupted")}
+            finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
+            started = len(finished)
+            self.progress.done = len(finished)
+            self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
+            durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
+            pareto = self._write_pareto()
             while True:
                 while self.executor.running() < self.executor.slots and self._can_start(started, durations):
                     trial = study.ask()
                     choices = self.space.suggest(trial, self.registry)
+                    trial.set_user_attr("choices", {k: list(v) for k, v in choices.items()})
                     pending[trial.number] = trial
+                    begun[trial.number] = (time.time(), {k: list(v) for k, v in choices.items()})
                     started += 1
                     self.progress.running = len(pending)
                     self.on_event("start", {"number": trial.number, "choices": choices})
@@ -219,24 +341,32 @@ class Search:
                 if not pending:
                     break
                 for record in self.executor.poll(timeout=1.0):
-                    trial = pending.pop(record["number"])
+                    trial = pending.pop(record["number"], None)
+                    if trial is None:
+                        continue
                     self._tell(study, trial, record)
                     if record["state"] == "complete":
                         durations.append(record["duration_s"])
                     pareto = self._write_pareto()
                     self.progress.running = len(pending)
                     self.on_event("trial", record)
+                if interrupted_flag:
+                    raise KeyboardInterrupt
+                if pending and self._past_limit():
+                    self.log(f"time limit: {len(pending)} running trial(s) cancelled and re-queued for --resume")
+                    self._abandon(study, pending, begun, "cancelled at time limit")
+                    pareto = self._write_pareto()
         except KeyboardInterrupt:
-            self.log("interrupted: the running trial is recorded as failed and re-queued for --resume")
-            for number in self.executor.cancel_all() or list(pending):
-                trial = pending.pop(number, None)
-                if trial is not None:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    study.enqueue_trial(trial.params)
-            pareto = self._write_pareto()
+            if study is not None and pending:
+                self.log("interrupted: the running trials are recorded as failed and re-queued for --resume")
+                self._abandon(study, pending, begun, "interrupted (Ctrl-C); re-queued")
+                self._write_pareto()
             raise
         finally:
             self.executor.shutdown()
+            lock.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         return pareto
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
@@ -249,14 +379,19 @@ class Search:
                 trial.set_constraint(key, value)
             trial.set_user_attr("metrics", record["metrics"])
             trial.set_user_attr("artefact", record.get("artefact"))
-            study.tell(trial, objective_values(record))
         else:
             self.progress.failed += 1
             record["feasible"] = False
             trial.set_user_attr("reason", record["reason"])
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        # stored in the study, appended to trials.jsonl, told last: a crash between any two
+        # steps is reconciled on resume (_requeue_stale) without losing or re-running the trial
+        trial.set_user_attr("record", record)
         self.records[record["number"]] = record
         self.run.append_trial(record)
+        if record["state"] == "complete":
+            study.tell(trial, objective_values(record))
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _write_pareto(self) -> dict:
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
@@ -275,7 +410,8 @@ class Search:
             "objectives": list(OBJECTIVES), "directions": list(DIRECTIONS),
             "budget": self.config.budget.model_dump(), "base": base,
             "trials_finished": sum(r["state"] == "complete" for r in self.records.values()),
-            "trials_failed": sum(r["state"] == "fail" for r in self.records.values()),
+            "trials_failed": sum(r["state"] == "fail" and not r.get("interrupted") for r in self.records.values()),
+            "trials_interrupted": sum(bool(r.get("interrupted")) for r in self.records.values()),
             "front": rows, "updated": dt.datetime.now().isoformat(timespec="seconds"),
         }
         self.run.write_json("pareto.json", data)
@@ -286,6 +422,24 @@ class Search:
                 for f in folder.glob("model*"):
                     f.unlink(missing_ok=True)
         return data
+
+
+def make_storage(url: str | None, run_dir: Path) -> "str | optuna.storages.BaseStorage":
+    """The study's storage: ``null`` = SQLite ``study.db`` in the run folder; ``journal://PATH``
+    = an Optuna journal file (relative paths in the run folder; ``journal:///abs/path``);
+    anything else is an Optuna storage URL (``sqlite:///...``, ``postgresql://...``)."""
+    if url is None:
+        return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):]).expanduser()
+        if not path.is_absolute():
+            path = Path(run_dir) / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
 
 
 def _vs_base(m: dict, base: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 
 from autocompress.trial import TrialSpec, run_trial
 
@@ -41,7 +42,11 @@ class InProcessExecutor(Executor):
         self._done: list[dict] = []
 
     def submit(self, spec: TrialSpec) -> None:
-        self._done.append(run_trial(spec))
+        record = run_trial(spec)
+        # where the figures came from, with the same keys as a Ray record
+        record.update(node_id=None, worker_pid=os.getpid(), measure_slot="in-process", attempts=1)
+        record.setdefault("measure_wait_s", 0.0 if record["state"] == "complete" else None)
+        self._done.append(record)
 
     def poll(self, timeout: float | None = None) -> list[dict]:
         done, self._done = self._done, []
@@ -49,3 +54,15 @@ class InProcessExecutor(Executor):
 
     def running(self) -> int:
         return len(self._done)
+
+
+def make_executor(config, run_dir) -> Executor:
+    """The executor named by ``config.search.executor`` (Ray is imported only when chosen)."""
+    s = config.search
+    if s.executor == "ray":
+        from autocompress.ray_executor import RayExecutor
+
+        return RayExecutor(address=s.ray_address, workers=s.workers,
+                           cpus_per_trial=s.cpus_per_trial if s.cpus_per_trial is not None else config.device.threads,
+                           gpus_per_trial=s.gpus_per_trial, run_dir=run_dir)
+    return InProcessExecutor()

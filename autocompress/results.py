@@ -42,8 +42,12 @@ class RunFolder:
         return json.loads((self.path / name).read_text())
 
     def append_trial(self, record: dict[str, Any]) -> None:
-        with open(self.trials_file, "a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        with open(self.trials_file, "a+b") as fh:
+            torn = False
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"  # a crash cut the last line: never glue a record onto it
+            fh.write((("\n" if torn else "") + json.dumps(record, default=str) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -71,6 +75,9 @@ def atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give it the mode a plain open() would
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

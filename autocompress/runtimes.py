@@ -38,6 +38,10 @@ class Runtime(abc.ABC):
     def load(self, artefact: Artefact, *, threads: int, device: str = "cpu") -> Predictor:
         """Loads an artefact into a predictor using ``threads`` intra-op threads."""
 
+    def missing(self) -> str | None:
+        """One line naming what to install when this runtime's package is absent, else ``None``."""
+        return None
+
 
 class OnnxRuntime(Runtime):
     """ONNX Runtime: artefacts are ``.onnx`` files with weights inside (no external data)."""
@@ -47,6 +51,7 @@ class OnnxRuntime(Runtime):
 
     def save(self, model, example, path):
         export_onnx(model, example, Path(path))
+        store_sparse_initializers(Path(path))
         return Artefact(Path(path), self.name, "fp32")
 
     def load(self, artefact, *, threads, device="cpu"):
@@ -89,6 +94,8 @@ class TorchRuntime(Runtime):
         module = torch.export.load(str(artefact.path)).module()
         dev = torch.device(device)
         module.to(dev)
+        if artefact.precision != "fp32":
+            return _compiled_predictor(module, dev)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
@@ -97,17 +104,126 @@ class TorchRuntime(Runtime):
         return predict
 
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (OnnxRuntime(), TorchRuntime())}
+def _compiled_predictor(module: torch.nn.Module, dev: torch.device) -> Predictor:
+    """A quantized (PT2E) program run through ``torch.compile``.
+
+    Eagerly, a PT2E int8 program runs dequantize + float kernels (slower than fp32); inductor
+    with weight freezing fuses the quantize/dequantize patterns into oneDNN int8 kernels. The
+    first call per input shape compiles (seconds to a minute); the cache is kept under the
+    system temp folder (``TORCHINDUCTOR_CACHE_DIR``, unless already set), never under ``~``.
+    """
+    import os
+    import tempfile
+
+    import torch._inductor.config as inductor_config
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "autocompress_inductor"))
+    compiled = torch.compile(module)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        # freezing is patched per call: compilation (first call per shape) happens inside it
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return compiled(x.to(dev)).float().cpu()
+
+    return predict
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO on CPU: artefacts are IR pairs, ``model.xml`` (graph) + ``model.bin`` (weights).
+
+    ``save`` exports the float module to ONNX (the same graph ONNX Runtime gets), converts it with
+    ``openvino.convert_model`` and writes the IR with fp32 weights (``compress_to_fp16=False``).
+    ``load`` compiles it for the CPU plugin with ``threads`` inference threads, one stream and the
+    latency hint, and f32 inference precision: on CPUs with AMX/AVX512-BF16 OpenVINO would otherwise
+    run float layers in bf16 by default, which changes accuracy. The IR has a dynamic batch axis;
+    the predictor compiles a static-shape copy per input shape it meets (batch 1 for latency,
+    the evaluation batch and its remainder for accuracy), which is what OpenVINO runs fastest.
+    No model cache is written (nothing under ``~``).
+    """
+
+    name = "openvino"
+    suffix = ".xml"
+    _shapes_kept = 4
+
+    def missing(self):
+        try:
+            import openvino  # noqa: F401
+            return None
+        except ImportError:
+            pass
+        # no square brackets: the CLI prints through rich, which would eat ".[openvino]" as markup
+        return ("device.runtime: 'openvino' needs the OpenVINO package, which is not installed; "
+                "install it with: pip install openvino nncf  (the project's 'openvino' extra)")
+
+    def save(self, model, example, path):
+        import openvino as ov
+
+        path = Path(path)
+        onnx_path = path.with_name(path.stem + ".export.onnx")
+        try:
+            export_onnx(model, example, onnx_path)
+            with quiet():
+                ov_model = ov.convert_model(str(onnx_path))
+        finally:
+            onnx_path.unlink(missing_ok=True)
+        return save_openvino_ir(ov_model, path, "fp32")
+
+    def load(self, artefact, *, threads, device="cpu"):
+        import openvino as ov
+
+        if device != "cpu":
+            raise UserError(f"device.type: the openvino runtime runs on cpu here, not {device}")
+        xml = Path(artefact.path)
+        bins = [Path(f) for f in artefact.extra_files if Path(f).suffix == ".bin"]
+        core = ov.Core()
+        model = core.read_model(str(xml), str(bins[0] if bins else xml.with_suffix(".bin")))
+        properties = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                      "INFERENCE_PRECISION_HINT": "f32"}
+        requests: dict[tuple[int, ...], object] = {}
+
+        def request_for(shape: tuple[int, ...]):
+            req = requests.get(shape)
+            if req is None:
+                if len(requests) >= self._shapes_kept:
+                    requests.pop(next(iter(requests)))
+                static = model.clone()
+                static.reshape({static.inputs[0]: ov.PartialShape(list(shape))})
+                req = requests[shape] = core.compile_model(static, "CPU", properties).create_infer_request()
+            return req
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+            req = request_for(tuple(array.shape))
+            req.infer({0: array})
+            return torch.from_numpy(req.get_output_tensor(0).data.copy())
+
+        return predict
+
+
+def save_openvino_ir(ov_model, path: Path, precision: str) -> Artefact:
+    """Writes an ``openvino.Model`` as ``path`` (``.xml``) + its ``.bin``, weights kept as they are."""
+    import openvino as ov
+
+    path = Path(path).with_suffix(".xml")
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return Artefact(path, OpenVinoRuntime.name, precision, extra_files=[path.with_suffix(".bin")])
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (OnnxRuntime(), TorchRuntime(), OpenVinoRuntime())}
 
 
 def get_runtime(name: str) -> Runtime:
     """The runtime called ``name``.
 
     Raises:
-        UserError: Unknown runtime; the message lists the known ones.
+        UserError: Unknown runtime (the message lists the known ones), or its package is not
+            installed (the message names what to install).
     """
     if name not in RUNTIMES:
         raise UserError(f"device.runtime: unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    problem = RUNTIMES[name].missing()
+    if problem:
+        raise UserError(problem)
     return RUNTIMES[name]
 
 
@@ -139,6 +255,47 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     if not Path(path).exists():
         raise RuntimeError(f"ONNX export wrote nothing at {path}")
     return Path(path)
+
+
+def store_sparse_initializers(path: Path, min_elements: int = 4096) -> int:
+    """Rewrites mostly-zero float initializers of an ONNX file as ``sparse_initializer`` entries.
+
+    Unstructured pruning zeroes weights but dense files store the zeros. A sparse initializer
+    keeps the non-zero values and their flat int64 positions (the ONNX checker only accepts
+    int64 indices), so 12 bytes per non-zero instead of 4 per element: a tensor is converted only
+    where that is smaller, i.e. above about 67% zeros. ONNX Runtime densifies sparse initializers
+    when it loads the model, so outputs and latency are those of the dense file. The file is only
+    rewritten when something was converted.
+
+    Returns:
+        The number of initializers converted.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    keep, sparse = [], []
+    for init in graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and init.name not in inputs:
+            values = numpy_helper.to_array(init)
+            flat = values.reshape(-1)
+            nonzero = np.flatnonzero(flat)
+            if flat.size >= min_elements and nonzero.size * (values.itemsize + 8) + 64 < flat.size * values.itemsize:
+                sparse.append(onnx.helper.make_sparse_tensor(
+                    numpy_helper.from_array(flat[nonzero], init.name),
+                    numpy_helper.from_array(nonzero.astype(np.int64), f"{init.name}__indices"), list(values.shape)))
+                continue
+        keep.append(init)
+    if sparse:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        graph.sparse_initializer.extend(sparse)
+        tmp = Path(path).with_name(Path(path).name + ".tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(path)  # a kill mid-write leaves the dense file, not a torn one
+    return len(sparse)
 
 
 def _batch_of_two(example: torch.Tensor) -> torch.Tensor:

@@ -111,7 +111,9 @@ class PluginContract:
         n0 = sum(p.numel() for p in before.parameters())
         n1 = sum(p.numel() for p in after.parameters())
         if self.plugin_cls.stage == Stage.PRUNE and self.plugin_cls.changes_structure:
-            assert n1 < n0, f"{name}: pruning left {n1} of {n0} parameters"
+            # non-zero parameters: structured pruning removes them, unstructured pruning zeroes them
+            nz0, nz1 = (sum(int(torch.count_nonzero(p)) for p in m.parameters()) for m in (before, after))
+            assert nz1 < nz0, f"{name}: pruning left {nz1} of {nz0} non-zero parameters"
         if self.plugin_cls.stage == Stage.DISTILL and n1 == n0:
             changed = any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
             assert changed, f"{name}: distillation did not change any weight"

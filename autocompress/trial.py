@@ -7,6 +7,7 @@ so any executor (in-process, Ray) can run it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -30,6 +31,11 @@ from autocompress.registry import Registry, discover
 from autocompress.runtimes import get_runtime
 
 BASE = "base"
+
+# Wraps every latency measurement. A no-op in-process; an executor that runs trials side by
+# side (Ray) replaces it with a per-node lock so two measurements never overlap on one node.
+measurement_lock: Any = contextlib.nullcontext
+MODULE_FILE = "model.module.pt"  # pickled float nn.Module of a float trial (removed with the artefact)
 
 
 @dataclass
@@ -163,11 +169,22 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     final = out_dir / f"model{runtime.suffix}"
     if isinstance(result, torch.nn.Module):
         artefact = runtime.save(result, ctx.example_input, final)
+        if spec.keep_artefact and spec.number >= 0:
+            # the float module itself, so `autocompress export` can write other formats exactly
+            try:
+                torch.save(result, out_dir / MODULE_FILE)
+            except Exception:  # an unpicklable module (local hooks, ...) only limits the export formats
+                (out_dir / MODULE_FILE).unlink(missing_ok=True)
     else:
         if result.runtime != runtime.name:
             raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
         shutil.move(str(result.path), final)
-        artefact = Artefact(final, result.runtime, result.precision)
+        extras = []
+        for extra in result.extra_files:  # e.g. an OpenVINO IR's .bin beside its .xml
+            dest = final.with_suffix(Path(extra).suffix)
+            shutil.move(str(extra), dest)
+            extras.append(dest)
+        artefact = Artefact(final, result.runtime, result.precision, extra_files=extras)
     durations["export"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
@@ -179,8 +196,9 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     if spec.number >= 0 and base_path.exists():
         predictors[BASE] = _base_predictor(str(base_path), runtime.name, threads, device.type, base_path.stat().st_mtime)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    lat = measure_latency(predictors, data.test.example(config.device.batch_size), warmup=config.device.warmup,
-                          repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
+    with measurement_lock():
+        lat = measure_latency(predictors, data.test.example(config.device.batch_size), warmup=config.device.warmup,
+                              repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
     durations["measure"] = round(time.perf_counter() - t0, 3)
     size = artefact.size_bytes()
     record = {

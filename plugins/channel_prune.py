@@ -3,6 +3,7 @@ model is physically smaller and faster on dense kernels."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -17,15 +18,43 @@ from autocompress.models import fit
 class ChannelPrune(Plugin):
     """Removes the least important channels of every prunable layer (never the classifier).
 
+    torch-pruning traces the model and removes coupled channels together, so residual sums,
+    depthwise convolutions and squeeze-excitation blocks (ResNet, MobileNetV3, EfficientNet,
+    ConvNeXt) stay consistent. In vision transformers (timm ``Attention``: a fused ``qkv``
+    linear and ``num_heads``) the embedding width, the MLP width and the attention are pruned;
+    the attention either loses the same dimensions in every head (``attention="head_dims"``) or
+    whole heads (``attention="heads"``), and each attention's derived sizes (``num_heads``,
+    ``head_dim``, ``attn_dim``, ``scale``) are updated afterwards so that
+    ``num_heads * head_dim`` matches its ``qkv`` and ``proj`` layers.
+
     Channel counts are rounded to multiples of ``round_to`` because odd widths can make a
-    more-pruned model slower on vectorised kernels. With ``iterative_steps`` > 1 the ratio is
-    reached in steps, with ``finetune_epochs`` of training after each step but the last.
+    more-pruned model slower on vectorised kernels (in attention the rounding applies to the
+    per-head width). With ``iterative_steps`` > 1 the ratio is reached in steps, with
+    ``finetune_epochs`` of training after each step but the last.
+
+    Importance criteria: ``l1``/``l2`` (weight norms of the coupled channels), ``bn_scale``
+    (absolute scale of the BatchNorm/LayerNorm that follows; groups without a norm, such as a
+    ViT's MLP and attention, are then kept), ``lamp`` (layer-adaptive magnitude) and ``taylor``
+    (|weight x gradient|, with gradients accumulated on a few training batches).
     """
 
     name = "channel_prune"
     stage = Stage.PRUNE
 
     class Config(PluginConfig):
+        """Parameters of :class:`ChannelPrune`.
+
+        Attributes:
+            ratio: Share of channels removed per layer (or overall with ``global_pruning``).
+            importance: How channels are ranked.
+            global_pruning: Rank channels across layers instead of per layer.
+            round_to: Kept channel counts are multiples of this.
+            iterative_steps: Steps in which the ratio is reached.
+            finetune_epochs: Training epochs after each step but the last.
+            max_layer_ratio: No layer loses more than this share of its channels.
+            attention: In transformers, prune dimensions of each head or whole heads.
+        """
+
         ratio: float = Field(default=0.5, ge=0.0, le=0.95, description="share of channels removed per layer")
         importance: Literal["l1", "l2", "bn_scale", "lamp", "taylor"] = "l2"
         global_pruning: bool = Field(default=False, description="rank channels across layers instead of per layer")
@@ -33,6 +62,8 @@ class ChannelPrune(Plugin):
         iterative_steps: int = Field(default=1, ge=1, le=10)
         finetune_epochs: float = Field(default=0.0, ge=0.0, le=100.0)
         max_layer_ratio: float = Field(default=0.9, gt=0.0, le=1.0)
+        attention: Literal["head_dims", "heads"] = Field(
+            default="head_dims", description="transformers: shrink every head, or remove whole heads")
 
     search_space = {
         "ratio": {"low": 0.2, "high": 0.7, "step": 0.1},
@@ -40,22 +71,40 @@ class ChannelPrune(Plugin):
     }
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
+        """Prunes ``model`` in place and returns it (in eval mode, on the CPU).
+
+        Args:
+            model: A float timm model.
+            ctx: The trial context; its training data is used by ``taylor`` and fine-tuning.
+
+        Returns:
+            The pruned model.
+        """
         cfg = self.config
         if cfg.ratio == 0:
             return model
         model.eval().cpu()
         example = ctx.example_input[:1].cpu()
-        pruner = tp.pruner.MetaPruner(
-            model, example, importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
-            global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps,
-            max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
-            ignored_layers=_classifiers(model),
-        )
+        attentions = _attentions(model)
+        heads = cfg.attention == "heads"
+        with warnings.catch_warnings():
+            # Unwrapped parameters (ViT cls_token/pos_embed, ConvNeXt gamma) have the channel
+            # dimension last, which is what torch-pruning assumes and warns about.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
+                global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps,
+                max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
+                ignored_layers=_classifiers(model),
+                num_heads={a.qkv: a.num_heads for a in attentions},
+                prune_num_heads=heads, prune_head_dims=not heads, head_pruning_ratio=cfg.ratio if heads else 0.0,
+            )
         for step in range(cfg.iterative_steps):
             if cfg.importance == "taylor":
                 _accumulate_gradients(model, ctx)
             pruner.step()
             model.zero_grad(set_to_none=True)
+            _update_attentions(attentions, pruner)
             if cfg.finetune_epochs and step < cfg.iterative_steps - 1:
                 fit(model, ctx.data, epochs=cfg.finetune_epochs, lr=1e-3, seed=ctx.seed + step,
                     batch_size=ctx.batch_size, device=ctx.device)
@@ -69,10 +118,36 @@ def _importance(name: str):
     if name == "l2":
         return tp.importance.MagnitudeImportance(p=2)
     if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
+        # torch-pruning's BNScaleImportance only looks at BatchNorm; LayerNorm scales (ViT,
+        # ConvNeXt) are the same signal for the channels they normalise.
+        return tp.importance.GroupMagnitudeImportance(
+            p=1, bias=False, target_types=(torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm))
     if name == "lamp":
         return tp.importance.LAMPImportance(p=2)
     return tp.importance.TaylorImportance()
+
+
+def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Multi-head attentions with a fused ``qkv`` linear (timm ``Attention`` and its kin)."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), torch.nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
+
+
+def _update_attentions(attentions: list[torch.nn.Module], pruner: tp.pruner.MetaPruner) -> None:
+    """Rewrites the sizes each attention derives from ``qkv`` after its channels were pruned."""
+    for attn in attentions:
+        heads = pruner.num_heads.get(attn.qkv, attn.num_heads)
+        width = attn.qkv.out_features // 3
+        if heads < 1 or width % heads:
+            raise RuntimeError(f"pruned attention has qkv width {width} for {heads} heads")
+        attn.num_heads = heads
+        attn.head_dim = width // heads
+        if hasattr(attn, "attn_dim"):
+            attn.attn_dim = width
+        if hasattr(attn, "scale"):
+            # Fused attention (scaled_dot_product_attention) scales by the new head width; the
+            # unfused path uses ``scale``: keep both paths identical.
+            attn.scale = attn.head_dim ** -0.5
 
 
 def _classifiers(model: torch.nn.Module) -> list[torch.nn.Module]:

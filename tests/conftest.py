@@ -28,3 +28,23 @@ def write_yaml(path: Path, data) -> Path:
 
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the whole session (Ray has no local_mode); yields its GCS address.
+
+    Temp and log files stay in a short folder under /tmp (unix socket paths must be short).
+    """
+    import shutil
+    import tempfile
+
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="acrt-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp, logging_level="ERROR")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -25,3 +25,15 @@ def test_hypervolume_of_boxes():
     two = hypervolume([[0.5, 0, 0], [0, 0.5, 0.5]], [1, 1, 1])
     assert two == pytest.approx(0.5 + 0.25 - 0.5 * 0.5 * 0.5)
     assert hypervolume([[1.5, 0, 0]], [1, 1, 1]) == 0.0
+
+
+def test_an_append_after_a_torn_line_starts_a_new_line(tmp_path):
+    from autocompress.results import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.append_trial({"number": 0})
+    with open(run.trials_file, "a") as fh:
+        fh.write('{"number": 1, "sta')
+    run.append_trial({"number": 2})
+    assert [r["number"] for r in run.trials()] == [0, 2]
+    assert run.trials_file.read_text().count("\n") == 3
