@@ -121,6 +121,8 @@ class Search:
     def prepare(self) -> dict:
         """Creates the run folder, the base model and its measured record; checks the budget."""
         self.run.path.mkdir(parents=True, exist_ok=True)
+        if self.config.search.study_name is None:  # fixed now, so a renamed run folder still resumes its study
+            self.config.search.study_name = self.run.path.name
         atomic_write(self.run / "config.yaml", dump_config(self.config))
         self.run.write_json("machine.json", describe(self.config.device.threads))
         prepare_base(self.config, self.run.path, log=self.log)
@@ -301,6 +303,7 @@ class Search:
             self.validate()
         self.progress.started = time.time()
         lock = self._lock()
+        self.run.sweep_temporaries()
         pending: dict[int, optuna.Trial] = {}
         begun: dict[int, tuple[float, dict]] = {}
         study = None

@@ -79,6 +79,7 @@ class TrialContext:
         threads: Thread count of the target device.
         report: Callback ``report(step, accuracy)`` for fine-tuning curves.
         log: Callback for one line of progress.
+        structure_only: Only latency and size will be measured (a cheap probe): skip training.
     """
 
     data: DataBundle
@@ -92,6 +93,7 @@ class TrialContext:
     threads: int = 2
     report: Callable[[int, float], None] = lambda step, acc: None
     log: Callable[[str], None] = lambda line: None
+    structure_only: bool = False
 
 
 class Plugin(abc.ABC):

@@ -64,6 +64,14 @@ class RunFolder:
             out[record["number"]] = record
         return [out[k] for k in sorted(out)]
 
+    def sweep_temporaries(self) -> list[Path]:
+        """Removes half-written files a killed process left behind (see :func:`atomic_write`)."""
+        stale = [p for p in self.path.glob(".*.*") if p.is_file() and p.name not in {".lock"}
+                 and any(p.name.startswith(f".{n}.") for n in ("pareto.json", "base.json", "probe.json", "data.json",
+                                                               "machine.json", "config.yaml", "trials.jsonl"))]
+        remove_files(stale)
+        return stale
+
     def log(self, line: str) -> None:
         with open(self.path / "run.log", "a") as fh:
             fh.write(line.rstrip() + "\n")

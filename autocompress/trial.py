@@ -145,6 +145,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         example_input=data.train.example(config.device.batch_size), workdir=work,
         seed=config.search.seed + max(spec.number, 0), batch_size=config.data.batch_size, threads=threads,
         report=lambda step, acc: curve.append([step, round(float(acc), 4)]),
+        structure_only=spec.structure_only,
     )
     result: torch.nn.Module | Artefact = model
     params_count = count_params(model)
