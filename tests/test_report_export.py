@@ -113,6 +113,23 @@ def test_stored_study_loads_with_plain_optuna(run):
     assert len(study.trials) == 4
 
 
+def test_optuna_dashboard_opens_the_storage(run):
+    import io
+    import sys
+
+    dashboard = pytest.importorskip("optuna_dashboard")
+    from optuna_dashboard._storage_url import get_storage
+
+    app = dashboard.wsgi(get_storage(f"sqlite:///{run / 'study.db'}"))
+    status = []
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "SERVER_NAME": "t", "SERVER_PORT": "80",
+           "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http", "QUERY_STRING": ""}
+    body = b"".join(app(env, lambda code, headers, exc=None: status.append(code)))
+    assert status == ["200 OK"]
+    (summary,) = json.loads(body)["study_summaries"]
+    assert summary["directions"] == ["maximize", "minimize", "minimize"]
+
+
 def test_report_writes_offline_html_and_png(run):
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
