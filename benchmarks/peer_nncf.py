@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         f"calibration: {len(calib)} CIFAR-10 train images. Batch 1, {args.threads} threads.", "",
         f"Command: `python benchmarks/peer_nncf.py{' ' + ' '.join(argv if argv is not None else sys.argv[1:]) if (argv if argv is not None else sys.argv[1:]) else ''}` "
         f"({dt.datetime.now():%Y-%m-%d %H:%M}, {time.time() - started:.0f} s)", "",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} CPUs (shared with other developers: latencies are noisy; "
+        f"Machine: {_cpu_name()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f} at the end; "
         "compare rows of this table, which were timed in one interleaved run, not against other machines). "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
         f"nncf {nncf.__version__}, Python {platform.python_version()}.", "",

@@ -152,8 +152,8 @@ def main() -> None:
         "# Throughput: in-process vs Ray",
         "",
         f"{dt.datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/throughput.py --trials {args.trials}`; "
-        f"{machine.get('cpu', platform.processor())}, {os.cpu_count()} cores (shared with other work while "
-        f"measuring), Python {platform.python_version()}, ray {machine['versions'].get('ray')}, "
+        f"{machine.get('cpu', platform.processor())}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}, ray {machine['versions'].get('ray')}, "
         f"optuna {machine['versions'].get('optuna')}.",
         "",
         "Search: test_resnet on 400 digits images, channel_prune ratio 0.2-0.7 and/or logit_kd 1-2 epochs, "
