@@ -99,7 +99,6 @@ class Search:
         """Loads plugins and the search space; every user error surfaces here, before any work."""
         self.registry = discover(self.config.plugins_dir)
         self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtime)
-        from autocompress.models import create_model  # noqa: F401  (import cost paid once, before the run)
         import timm
 
         if not timm.is_model(self.config.model.name):

@@ -105,6 +105,16 @@ def contract_problem(cls: type) -> str | None:
     return None
 
 
+def plugin_module(path: Path | str):
+    """The module of a plugin file, loaded by path once per process (for plugins that share code)."""
+    path = Path(path)
+    module_name = f"autocompress_plugins_{path.stem}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    _load_file(path)
+    return sys.modules[module_name]
+
+
 def _load_file(path: Path) -> list[type[Plugin]]:
     module_name = f"autocompress_plugins_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)

@@ -31,6 +31,8 @@ from autocompress.runtimes import get_runtime
 from autocompress.search_space import check_plugin_space
 
 TINY_DATA = DataConfig(source="digits", max_samples=240, batch_size=32)
+FIVE_FAMILIES = ("test_resnet", "mobilenetv3_small_050", "test_efficientnet", "test_convnext", "test_vit")
+"""Small timm models of the five families every plugin must handle: ResNet, MobileNetV3, EfficientNet, ConvNeXt, ViT."""
 
 
 def load_plugin(name: str, plugins_dir: Path | str | None = None) -> type[Plugin]:

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
-from pydantic import Field
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
 from autocompress.runtimes import export_onnx, quiet

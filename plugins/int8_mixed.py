@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +10,7 @@ import torch
 from pydantic import Field
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.registry import plugin_module
 from autocompress.runtimes import export_onnx
 
 STAGES = 5
@@ -74,7 +73,7 @@ class Int8Mixed(Plugin):
         def exclude(prepared_graph):
             return [n for n, s in _propagate(prepared_graph, stages).items() if s in float_stages]
 
-        static = _sibling("int8_static")
+        static = plugin_module(Path(__file__).with_name("int8_static.py"))
         out = static.quantize_onnx_static(
             float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
             calibration_batches=cfg.calibration_batches, per_channel=cfg.per_channel, exclude=exclude)
@@ -150,15 +149,3 @@ def _propagate(graph: onnx.GraphProto, stages: dict[str, int]) -> dict[str, int]
         current = stages.get(node.name, current)
         out[node.name] = current
     return out
-
-
-def _sibling(name: str):
-    """The module of another plugin file in this folder (``int8_static``), loaded once."""
-    module_name = f"autocompress_plugins_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module

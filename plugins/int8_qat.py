@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +13,7 @@ from torch.nn.utils import parametrize
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
 from autocompress.measure import module_predictor, top1
 from autocompress.models import fit
+from autocompress.registry import plugin_module
 from autocompress.runtimes import export_onnx
 
 QUANTIZED_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
@@ -118,7 +117,7 @@ class Int8QAT(Plugin):
                 if parametrize.is_parametrized(layer, "weight"):
                     parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         float_path = export_onnx(model.eval(), ctx.example_input, ctx.workdir / "float.onnx")
-        static = _sibling("int8_static")
+        static = plugin_module(Path(__file__).with_name("int8_static.py"))
         out = static.quantize_onnx_static(
             float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
             calibration_batches=cfg.calibration_batches, per_channel=True, weight_symmetric=True)
@@ -171,15 +170,3 @@ class ActivationFakeQuant:
 
 def _channel_axis(layer: torch.nn.Module) -> int:
     return 0  # Conv2d: [out, in/groups, kh, kw]; Linear: [out, in]
-
-
-def _sibling(name: str):
-    """The module of another plugin file in this folder (``int8_static``), loaded once."""
-    module_name = f"autocompress_plugins_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module

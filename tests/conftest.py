@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +47,18 @@ def ray_cluster():
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_for_plugin_tests(request):
+    """Plugin tests run tiny convolutions: one intra-op thread is as fast, and on a loaded
+    2-core machine two are up to 50x slower."""
+    if "plugins" not in Path(str(request.node.path)).parts:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -49,7 +49,6 @@ def _config(tmp_path, tiny_config_dict, space=SPACE, **search):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    from conftest import tiny_config_dict as _  # noqa: F401
 
     cfg = {
         "model": {"name": "test_resnet", "img_size": 32, "train_epochs": 3, "train_lr": 0.01},

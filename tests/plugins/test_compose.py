@@ -7,18 +7,11 @@ import torch
 
 from autocompress.plugin import Artefact
 from autocompress.runtimes import get_runtime
-from autocompress.testing import load_plugin, make_context, tiny_model
+from autocompress.testing import FIVE_FAMILIES, load_plugin, make_context, tiny_model
 
-FAMILIES = ("test_resnet", "mobilenetv3_small_050", "test_efficientnet", "test_convnext", "test_vit")
+FAMILIES = FIVE_FAMILIES
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # On a loaded 2-core machine two intra-op threads make these tiny convs up to 50x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

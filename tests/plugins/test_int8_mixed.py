@@ -2,9 +2,9 @@ import onnx
 import torch
 
 from autocompress.runtimes import export_onnx
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model
+from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
-FAMILIES = ("test_resnet", "mobilenetv3_small_050", "test_efficientnet", "test_convnext", "test_vit")
+FAMILIES = FIVE_FAMILIES
 ALL = {f"stage{i}": "int8" for i in range(5)}
 
 

@@ -5,9 +5,9 @@ import torch
 from autocompress.measure import module_predictor, top1
 from autocompress.models import fit
 from autocompress.runtimes import get_runtime
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model
+from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
-FAMILIES = ("test_resnet", "mobilenetv3_small_050", "test_efficientnet", "test_convnext", "test_vit")
+FAMILIES = FIVE_FAMILIES
 
 
 class TestInt8Static(PluginContract):

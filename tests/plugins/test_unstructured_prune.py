@@ -7,20 +7,13 @@ import torch
 from autocompress.models import fit
 from autocompress.plugin import Artefact
 from autocompress.runtimes import export_onnx, get_runtime
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model
+from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
-FAMILIES = ("test_resnet", "mobilenetv3_small_050", "test_efficientnet", "test_convnext", "test_vit")
+FAMILIES = FIVE_FAMILIES
 PLUGIN = load_plugin("unstructured_prune")
 MODULE = sys.modules[PLUGIN.__module__]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # On a loaded 2-core machine two intra-op threads make these tiny convs up to 50x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class TestUnstructuredPrune(PluginContract):
