@@ -22,6 +22,22 @@ def tiny_config_dict(tmp_path):
     }
 
 
+FAILING_PLUGIN = '''
+from autocompress import Plugin, Stage
+
+
+class Explode(Plugin):
+    """Always fails: the run gets a failed trial and must go on."""
+
+    name = "explode"
+    stage = Stage.DISTILL
+    changes_structure = False
+
+    def apply(self, model, ctx):
+        raise RuntimeError("kaboom in apply")
+'''
+
+
 def write_yaml(path: Path, data) -> Path:
     import yaml
 

@@ -20,22 +20,7 @@ from autocompress.cli import app, main
 from autocompress.config import PROJECT_ROOT, RunConfig
 from autocompress.data import load_data
 from autocompress.errors import UserError
-
-EXPLODE = '''
-from autocompress import Plugin, Stage
-
-
-class Explode(Plugin):
-    """Always fails: gives the run a failed trial."""
-
-    name = "explode"
-    stage = Stage.DISTILL
-    changes_structure = False
-
-    def apply(self, model, ctx):
-        raise RuntimeError("boom")
-'''
-
+from conftest import FAILING_PLUGIN
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
@@ -49,7 +34,7 @@ def run(tmp_path_factory) -> Path:
     plugins.mkdir()
     for name in ("channel_prune", "int8_static", "logit_kd"):
         shutil.copy(PROJECT_ROOT / "plugins" / f"{name}.py", plugins / f"{name}.py")
-    (plugins / "explode.py").write_text(EXPLODE)
+    (plugins / "explode.py").write_text(FAILING_PLUGIN)
     space = {
         "prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.3, "high": 0.6, "step": 0.3}}},
         "distill": {"none": {}, "explode": {}, "logit_kd": {"epochs": 3, "lr": 0.003}},
@@ -136,7 +121,7 @@ def test_report_writes_offline_html_and_png(run):
     page = (run / "report.html").read_text()
     for text in ("Pareto front: 2-D projections", "accuracy vs latency", "accuracy vs size", "size vs latency",
                  "Pareto front: 3-D view", '"scatter3d"', "base model", "infeasible (over budget)",
-                 "Failed trials", "RuntimeError: boom", "Hypervolume of the feasible front", "over wall time",
+                 "Failed trials", "RuntimeError: kaboom in apply", "Hypervolume of the feasible front", "over wall time",
                  "2 × base", "Parameter importances", "optuna-dashboard sqlite:///", "int8_static"):
         assert text in page, text
     assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched: plotly.js is inline

@@ -1,7 +1,6 @@
 """End to end: a real (tiny) search writes a consistent run folder whose front reloads exactly."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import optuna
@@ -14,7 +13,7 @@ from autocompress.plugin import Artefact
 from autocompress.runtimes import get_runtime
 from autocompress.data import load_data
 from autocompress.measure import top1
-from conftest import write_yaml
+from conftest import FAILING_PLUGIN, write_yaml
 
 SPACE = {
     "prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.3, "high": 0.6, "step": 0.3}}},
@@ -25,19 +24,6 @@ SPACE = {
         {"prune": {"channel_prune": {"ratio": 0.6}}, "distill": "logit_kd"},
     ],
 }
-
-FAILING_PLUGIN = '''
-from autocompress import Plugin, PluginConfig, Stage
-
-class Explode(Plugin):
-    """Always fails, to prove the search goes on."""
-    name = "explode"
-    stage = Stage.DISTILL
-    changes_structure = False
-    def apply(self, model, ctx):
-        raise RuntimeError("kaboom in apply")
-'''
-
 
 def _config(tmp_path, tiny_config_dict, space=SPACE, **search):
     cfg = dict(tiny_config_dict)
@@ -133,7 +119,7 @@ def test_study_is_a_plain_optuna_study(finished_run):
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_config_dict):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "explode.py").write_text(textwrap.dedent(FAILING_PLUGIN))
+    (plugins / "explode.py").write_text(FAILING_PLUGIN)
     project = Path(__file__).resolve().parent.parent / "plugins"
     for name in ("int8_static.py",):
         (plugins / name).write_text((project / name).read_text())
