@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autocompress.errors import UserError, describe_validation_error
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+RuntimeName = Literal["onnxruntime", "torch", "openvino"]
 
 
 class _Strict(BaseModel):
@@ -104,8 +107,11 @@ class DeviceConfig(_Strict):
         type: ``cpu`` or ``cuda``.
         threads: Intra-op threads, fixed for every measurement.
         batch_size: Batch of the latency measurement.
-        runtime: Runtime the artefact is saved for and measured on (``openvino`` needs the
-            ``openvino`` extra: ``pip install -e ".[openvino]"``).
+        runtime: Runtime the artefact is saved for and measured on: ``onnxruntime``, ``torch``
+            or ``openvino`` (needs the ``openvino`` extra: ``pip install -e ".[openvino]"``). A list
+            makes the runtime a searched choice: each trial is saved for and measured on the
+            runtime the search picks, and each quantize plugin is offered only with runtimes it
+            produces artefacts for.
         warmup: Calls before timing.
         repeats: Timed calls per round.
         rounds: Rounds, interleaved with the base model's, whose spread is kept.
@@ -114,22 +120,39 @@ class DeviceConfig(_Strict):
     type: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(default=2, ge=1, le=512)
     batch_size: int = Field(default=1, ge=1, le=1024)
-    runtime: Literal["onnxruntime", "torch", "openvino"] = "onnxruntime"
+    runtime: str | list[str] = "onnxruntime"
     warmup: int = Field(default=20, ge=0)
     repeats: int = Field(default=50, ge=1)
     rounds: int = Field(default=5, ge=1)
 
-    @field_validator("runtime")
+    @field_validator("runtime", mode="before")
     @classmethod
-    def _runtime_installed(cls, value: str) -> str:
+    def _runtime_installed(cls, value: Any) -> str | list[str]:
         from pydantic_core import PydanticCustomError
 
         from autocompress.runtimes import RUNTIMES
 
-        problem = RUNTIMES[value].missing() if value in RUNTIMES else None
-        if problem:  # e.g. openvino chosen but not installed: one line naming what to install
-            raise PydanticCustomError("runtime_missing", problem.removeprefix("device.runtime: "))
-        return value
+        allowed = ", ".join(get_args(RuntimeName))
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PydanticCustomError("runtime_type", f"a runtime ({allowed}) or a list of them")
+        for name in names:
+            if name not in get_args(RuntimeName):
+                raise PydanticCustomError("runtime_unknown", f"unknown runtime {name!r}; allowed: {allowed}, or a list of them")
+        if not names:
+            raise PydanticCustomError("runtime_empty", "list at least one runtime: onnxruntime, torch, openvino")
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("runtime_repeated", "each runtime may be listed once")
+        for name in names:
+            problem = RUNTIMES[name].missing() if name in RUNTIMES else None
+            if problem:  # e.g. openvino chosen but not installed: one line naming what to install
+                raise PydanticCustomError("runtime_missing", problem.removeprefix("device.runtime: "))
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The target runtimes: one, or several for the search to choose from."""
+        return [self.runtime] if isinstance(self.runtime, str) else list(self.runtime)
 
 
 class SearchConfig(_Strict):

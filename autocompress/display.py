@@ -61,11 +61,12 @@ def describe_choices(choices: dict) -> str:
     """``prune=channel_prune(ratio=0.5) + quantize=int8_static`` style summary."""
     parts = []
     for stage, (name, params) in choices.items():
-        if name == "none":
+        if name == "none" or stage == "runtime":
             continue
         args = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         parts.append(f"{name}({args})" if args else name)
-    return " + ".join(parts) or "no compression"
+    text = " + ".join(parts) or "no compression"
+    return f"{text} on {choices['runtime'][0]}" if "runtime" in choices else text
 
 
 def _short(value) -> str:

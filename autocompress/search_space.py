@@ -14,6 +14,11 @@ warm_start:                                  # tried first, in order (unset para
   - {prune: {channel_prune: {ratio: 0.5}}, distill: logit_kd, quantize: int8_static}
 ```
 A parameter left out takes the plugin's default range, then its ``Config`` default.
+
+When ``device.runtime`` lists several runtimes, the runtime is searched too (Optuna parameter
+``runtime``); a stage whose choices differ by runtime (quantizers that produce artefacts for one
+runtime) is then asked as ``<stage>@<runtime>`` so each Optuna distribution stays fixed. A
+warm-start entry may name ``runtime: openvino``; without it, the first runtime its choices run on.
 """
 
 from __future__ import annotations
@@ -41,39 +46,65 @@ class SearchSpace:
         stages: ``{stage: {plugin name or "none": {param: spec}}}`` with defaults merged in.
         warm_start: Optuna parameter dicts to enqueue first.
         source: The file it came from.
+        runtimes: The target runtimes (several: the runtime is searched); empty = any.
     """
 
     stages: dict[Stage, dict[str, dict[str, Any]]]
     warm_start: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    runtimes: list[str] = field(default_factory=list)
+    registry: Any = None
+
+    def options(self, stage: Stage, runtime: str | None = None) -> list[str]:
+        """The plugin names (and ``none``) the search may pick for ``stage`` on ``runtime``."""
+        names = list(self.stages.get(stage, {}) or {NONE: {}})
+        if runtime is None or self.registry is None:
+            return names
+        return [n for n in names if n == NONE or self.registry.get(n).runtimes is None
+                or runtime in self.registry.get(n).runtimes]
+
+    def stage_param(self, stage: Stage, runtime: str | None) -> str:
+        """The Optuna parameter name of a stage's choice (``quantize@openvino`` where it depends on the runtime)."""
+        if len(self.runtimes) > 1 and len({tuple(self.options(stage, r)) for r in self.runtimes}) > 1:
+            return f"{stage.value}@{runtime}"
+        return stage.value
 
     def suggest(self, trial: optuna.Trial, registry) -> dict[str, Choice]:
-        """Asks Optuna for one configuration: ``{stage: (plugin name, params)}``."""
+        """Asks Optuna for one configuration: ``{stage: (plugin name, params)}``, plus
+        ``runtime: (name, {})`` when the runtime is searched."""
         chosen: dict[str, Choice] = {}
+        runtime = self.runtimes[0] if self.runtimes else None
+        if len(self.runtimes) > 1:
+            runtime = trial.suggest_categorical("runtime", list(self.runtimes))
         for stage in STAGE_ORDER:
-            options = list(self.stages.get(stage, {}) or {NONE: {}})
-            name = trial.suggest_categorical(stage.value, options) if len(options) > 1 else options[0]
+            options = self.options(stage, runtime)
+            key = self.stage_param(stage, runtime)
+            name = trial.suggest_categorical(key, options) if len(options) > 1 else options[0]
             params: dict[str, Any] = {}
             if name != NONE:
                 cls = registry.get(name)
                 for param, spec in self.stages[stage][name].items():
                     params[param] = _suggest_one(trial, f"{stage.value}.{name}.{param}", spec, _kind(cls, param))
             chosen[stage.value] = (name, params)
+        if len(self.runtimes) > 1:
+            chosen["runtime"] = (runtime, {})
         return chosen
 
-    def strongest(self, registry) -> dict[str, Choice]:
-        """The most compressing structural configuration: for the budget check before a search."""
+    def strongest(self, registry, runtime: str | None = None) -> dict[str, Choice]:
+        """The most compressing structural configuration on ``runtime``: for the budget check before a search."""
         chosen: dict[str, Choice] = {}
         for stage in STAGE_ORDER:
             best = (NONE, {})
             for name, space in self.stages.get(stage, {}).items():
-                if name == NONE:
+                if name == NONE or name not in self.options(stage, runtime):
                     continue
                 cls = registry.get(name)
                 if cls.changes_structure:
                     best = (name, cls.strongest(space))
                     break
             chosen[stage.value] = best
+        if len(self.runtimes) > 1 and runtime is not None:
+            chosen["runtime"] = (runtime, {})
         return chosen
 
 
@@ -151,13 +182,14 @@ def check_plugin_space(cls: type[Plugin], space: dict[str, Any], where: str) -> 
     return out
 
 
-def load_search_space(path: Path | str, registry, runtime: str | None = None) -> SearchSpace:
+def load_search_space(path: Path | str, registry, runtime: str | list[str] | None = None) -> SearchSpace:
     """Reads and validates a search-space file against the registered plugins.
 
     Args:
         path: The YAML file.
         registry: The plugin registry.
-        runtime: The target runtime; plugins that cannot produce it are rejected.
+        runtime: The target runtime, or several to search over; a plugin that can produce none
+            of them is rejected.
 
     Raises:
         UserError: The file is missing or malformed, or names an unknown plugin or a bad range.
@@ -172,8 +204,9 @@ def load_search_space(path: Path | str, registry, runtime: str | None = None) ->
     return parse_search_space(raw, registry, runtime, source=str(path))
 
 
-def parse_search_space(raw: dict, registry, runtime: str | None = None, source: str = "") -> SearchSpace:
+def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = None, source: str = "") -> SearchSpace:
     """Validates a search space given as a mapping (see :func:`load_search_space`)."""
+    runtimes = [runtime] if isinstance(runtime, str) else list(runtime or [])
     allowed = [s.value for s in STAGE_ORDER] + ["warm_start"]
     if not isinstance(raw, dict):
         raise UserError(f"search_space: expected a mapping with keys {', '.join(allowed)}")
@@ -201,12 +234,18 @@ def parse_search_space(raw: dict, registry, runtime: str | None = None, source: 
             cls = registry.get(name)
             if cls.stage != stage:
                 raise UserError(f"{where}: {name} is a {cls.stage.value} plugin, not {stage.value}")
-            if runtime is not None and cls.runtimes is not None and runtime not in cls.runtimes:
-                raise UserError(f"{where}: {name} produces artefacts for {', '.join(sorted(cls.runtimes))}, not device.runtime={runtime}")
+            if runtimes and cls.runtimes is not None and not set(runtimes) & set(cls.runtimes):
+                raise UserError(f"{where}: {name} produces artefacts for {', '.join(sorted(cls.runtimes))}, "
+                                f"not device.runtime={'/'.join(runtimes)}")
             merged = {k: normalise_spec(v) for k, v in cls.search_space.items()}
             merged.update(check_plugin_space(cls, space or {}, where))
             stages[stage][name] = merged
-    space = SearchSpace(stages=stages, source=source)
+    space = SearchSpace(stages=stages, source=source, runtimes=runtimes, registry=registry)
+    for stage in stages:
+        for rt in runtimes:
+            if not space.options(stage, rt):
+                raise UserError(f"search_space.{stage.value}: no choice runs on runtime {rt}; "
+                                f"add 'none' or a {stage.value} plugin for {rt}")
     space.warm_start = [_warm_params(i, item, space) for i, item in enumerate(raw.get("warm_start") or [])]
     return space
 
@@ -215,20 +254,32 @@ def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any]:
     where = f"search_space.warm_start[{index}]"
     if not isinstance(item, dict):
         raise UserError(f"{where}: expected {{stage: plugin}} or {{stage: {{plugin: {{param: value}}}}}}")
+    for key in item:
+        if key not in {s.value for s in STAGE_ORDER} | {"runtime"}:
+            raise UserError(f"{where}.{key}: unknown stage; allowed: prune, distill, quantize, runtime")
+    named = {stage: (next(iter(v.items())) if isinstance(v, dict) and len(v) == 1 else (v, {}))
+             for stage in STAGE_ORDER for v in [item.get(stage.value, NONE)]}
+    runtimes = space.runtimes or [None]
+    runtime = item.get("runtime")
+    if runtime is not None and runtime not in runtimes:
+        raise UserError(f"{where}.runtime: {runtime!r} is not among device.runtime: {', '.join(map(str, runtimes))}")
+    if runtime is None:  # the first runtime every named plugin runs on
+        runtime = next((rt for rt in runtimes if all(n in space.options(st, rt) for st, (n, _) in named.items()
+                                                     if isinstance(n, str))), runtimes[0])
     params: dict[str, Any] = {}
+    if len(space.runtimes) > 1:
+        params["runtime"] = runtime
     for stage in STAGE_ORDER:
-        options = space.stages.get(stage, {})
-        value = item.get(stage.value, NONE)
-        name, fixed = (next(iter(value.items())) if isinstance(value, dict) and len(value) == 1 else (value, {}))
-        if not isinstance(name, str) or name not in (options or {NONE: {}}):
-            raise UserError(f"{where}.{stage.value}: {name!r} is not among the search space's choices: {', '.join(options) or 'none'}")
+        options = space.options(stage, runtime)
+        name, fixed = named[stage]
+        if not isinstance(name, str) or name not in options:
+            on = f" on runtime {runtime}" if len(space.runtimes) > 1 else ""
+            raise UserError(f"{where}.{stage.value}: {name!r} is not among the search space's choices{on}: "
+                            f"{', '.join(options) or 'none'}")
         if len(options) > 1:
-            params[stage.value] = name
+            params[space.stage_param(stage, runtime)] = name
         for param, val in (fixed or {}).items():
-            if param not in options[name]:
+            if param not in space.stages[stage][name]:
                 raise UserError(f"{where}.{stage.value}.{name}.{param}: not a searched parameter of {name}")
             params[f"{stage.value}.{name}.{param}"] = val
-    for key in item:
-        if key not in {s.value for s in STAGE_ORDER}:
-            raise UserError(f"{where}.{key}: unknown stage; allowed: prune, distill, quantize")
     return params

@@ -44,7 +44,8 @@ class TrialSpec:
 
     Attributes:
         number: Optuna trial number (-1 for the base model).
-        choices: ``{stage: [plugin name or "none", params]}``.
+        choices: ``{stage: [plugin name or "none", params]}``, and ``runtime: [name, {}]`` when
+            the runtime is searched.
         run_dir: The run folder (shared with workers).
         config: The resolved run config, as a plain dict.
         plugin_files: Plugin files to load (besides entry points).
@@ -68,6 +69,11 @@ def trial_dir(run_dir: Path, number: int) -> Path:
     if number < 0:
         return Path(run_dir) / ("base" if number == -1 else "probe")
     return Path(run_dir) / f"trials/{number:04d}"
+
+
+def trial_runtime(choices: dict, config: RunConfig) -> str:
+    """The runtime a trial is saved for: the searched one, else the configured one."""
+    return (choices.get("runtime") or [config.device.runtimes[0]])[0]
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,7 +139,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
     registry = _registry(tuple(spec.plugin_files))
     data: DataBundle = load_data(config.data, config.model.img_size)
-    runtime = get_runtime(config.device.runtime)
+    runtime = get_runtime(trial_runtime(spec.choices, config))
     teacher = _base_model(spec.run_dir, config.model_dump_json())
     model = copy.deepcopy(teacher)
     work = out_dir / "tmp"

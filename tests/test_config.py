@@ -30,7 +30,7 @@ def test_cli_style_overrides_win_over_the_file(tmp_path):
     ({"search": {"sampler": "grid"}}, "search.sampler: Input should be 'tpe', 'nsga2' or 'random'"),
     ({"search": {"timeout": "soon"}}, "search.timeout: Value error, not a duration"),
     ({"data": {"source": "imagefolder"}}, "data: Value error, source 'imagefolder' needs data.path"),
-    ({"device": {"runtime": "tensorrt"}}, "device.runtime: Input should be"),
+    ({"device": {"runtime": "tensorrt"}}, "device.runtime: unknown runtime 'tensorrt'"),
     ({"colour": "blue"}, "colour: unknown field; allowed: model, data, budget"),
 ])
 def test_bad_fields_give_one_line_naming_the_field(tmp_path, data, expected):
