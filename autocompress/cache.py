@@ -36,10 +36,12 @@ class ModelCache:
 
     Args:
         root: The cache folder (``RUN/cache``).
+        max_bytes: Disk cap; after a ``put`` the least recently used entries beyond it are removed.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, max_bytes: float | None = None) -> None:
         self.root = Path(root)
+        self.max_bytes = max_bytes
         self.hits = self.misses = self.corrupt = 0
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -63,6 +65,7 @@ class ModelCache:
             meta.unlink(missing_ok=True)
             return None
         self.hits += 1
+        os.utime(meta)  # recently used: evicted last
         module = torch.load(blob, map_location="cpu", weights_only=False)
         return module, info.get("meta", {})
 
@@ -82,3 +85,23 @@ class ModelCache:
         with os.fdopen(fd, "w") as fh:
             json.dump({"sha256": digest, "meta": meta or {}}, fh)
         os.replace(tmp, sidecar)
+        if self.max_bytes is not None:
+            self._evict(keep=key)
+
+    def _evict(self, keep: str) -> None:
+        entries = []
+        for sidecar in self.root.glob("*.json"):
+            blob = sidecar.with_suffix(".pt")
+            try:
+                entries.append((sidecar.stat().st_mtime, sidecar.stem, blob.stat().st_size + sidecar.stat().st_size))
+            except OSError:
+                continue
+        total = sum(size for _, _, size in entries)
+        for _, key, size in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if key == keep:
+                continue
+            for path in self._paths(key):
+                path.unlink(missing_ok=True)
+            total -= size

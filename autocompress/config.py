@@ -172,6 +172,19 @@ class SearchConfig(_Strict):
         ray_address: ``null`` starts a local Ray; ``auto`` joins the running cluster;
             ``ray://host:10001`` connects a remote one.
         warm_start: Enqueue the search space's known-good configurations first.
+        structure_first: Before a trial fine-tunes, build its structure alone (pruned, quantized,
+            untrained), measure latency and size, and stop it there when it breaks the size
+            budget or the latency budget by more than ``latency_margin``: recorded infeasible with
+            those figures, in seconds instead of minutes.
+        latency_margin: How far (fraction) over ``budget.max_latency_ms`` a structural probe
+            must measure before it is stopped (latency noise is ~20 % on small VMs).
+        early_stop: Multi-fidelity stopping on the fine-tune's per-epoch accuracy: ``none``;
+            ``budget`` stops a trial that cannot reach the accuracy floor (base minus the
+            allowed drop) given the largest gain finished trials made after the same epoch;
+            ``halving`` also stops one below the median of finished trials at the same epoch.
+        cache: Reuse a pruned and fine-tuned float model across trials that differ only in
+            later stages (content-addressed, hash-verified, under ``RUN/cache``).
+        cache_mb: Disk cap of that cache; the oldest entries go first.
     """
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
@@ -186,6 +199,11 @@ class SearchConfig(_Strict):
     gpus_per_trial: float = Field(default=0.0, ge=0)
     ray_address: str | None = None
     warm_start: bool = True
+    structure_first: bool = True
+    latency_margin: float = Field(default=0.1, ge=0.0, le=10.0)
+    early_stop: Literal["none", "budget", "halving"] = "budget"
+    cache: bool = True
+    cache_mb: float = Field(default=2000.0, ge=0.0)
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from autocompress.pareto import DIRECTIONS, OBJECTIVES, constraints, front, obje
 from autocompress.plugin import NONE, STAGE_ORDER
 from autocompress.registry import Registry, discover
 from autocompress.results import RunFolder, atomic_write
+from autocompress.throughput import throughput
 from autocompress.search_space import SearchSpace, load_search_space
 from autocompress.trial import TrialSpec, run_trial, trial_dir
 
@@ -45,6 +46,7 @@ class Progress:
     total: int
     done: int = 0
     failed: int = 0
+    stopped: int = 0
     running: int = 0
     front: int = 0
     started: float = field(default_factory=time.time)
@@ -112,6 +114,14 @@ class Search:
         from autocompress.data import load_data
 
         load_data(self.config.data, self.config.model.img_size)
+
+    def _stop_inputs(self) -> dict:
+        """The accuracy floor and the finished trials' curves, for early stopping inside a trial."""
+        drop = self.config.budget.max_accuracy_drop
+        floor = None if drop is None or self.base is None else self.base["metrics"]["accuracy"] - drop
+        history = [r["curve"] for r in self.records.values()
+                   if r["state"] == "complete" and r.get("curve") and not r.get("stopped")]
+        return {"floor": floor, "history": history}
 
     def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
         return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),
@@ -231,17 +241,17 @@ class Search:
                 continue
             if t.number not in records:
                 self.run.append_trial(record)
+            trial = optuna.trial.Trial(study, t._trial_id)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for key, value in (record.get("constraints") or {}).items():
+                    trial.set_constraint(key, value)
             if record["state"] == "complete":
-                trial = optuna.trial.Trial(study, t._trial_id)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    for key, value in (record.get("constraints") or {}).items():
-                        trial.set_constraint(key, value)
                 study.tell(t.number, objective_values(record))
             else:
                 if record.get("interrupted"):
                     self._requeue(study, t.params)
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                study.tell(t.number, state=_optuna_state(record))
             self.log(f"trial {t.number}: had finished when the last process stopped; recorded, not re-run")
 
     def _requeue(self, study: optuna.Study, params: dict) -> None:
@@ -345,6 +355,7 @@ class Search:
             started = len(finished)
             self.progress.done = len(finished)
             self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
+            self.progress.stopped = sum(t.state == optuna.trial.TrialState.PRUNED for t in finished)
             durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
             pareto = self._write_pareto()
             while True:
@@ -357,7 +368,7 @@ class Search:
                     started += 1
                     self.progress.running = len(pending)
                     self.on_event("start", {"number": trial.number, "choices": choices})
-                    self.executor.submit(self._spec(trial.number, choices))
+                    self.executor.submit(self._spec(trial.number, choices, **self._stop_inputs()))
                 if not pending:
                     break
                 for record in self.executor.poll(timeout=1.0):
@@ -400,9 +411,14 @@ class Search:
             trial.set_user_attr("metrics", record["metrics"])
             trial.set_user_attr("artefact", record.get("artefact"))
         else:
-            self.progress.failed += 1
+            self.progress.failed += record["state"] == "fail"
+            self.progress.stopped += record["state"] == "pruned"
             record["feasible"] = False
             trial.set_user_attr("reason", record["reason"])
+            if record["state"] == "pruned" and (record.get("stopped") or {}).get("rule") == "floor":
+                # it cannot reach the accuracy floor: an infeasible point for the sampler's constraints
+                for key, value in self._stopped_constraints(record).items():
+                    trial.set_constraint(key, value)
         # stored in the study, appended to trials.jsonl, told last: a crash between any two
         # steps is reconciled on resume (_requeue_stale) without losing or re-running the trial
         trial.set_user_attr("record", record)
@@ -411,7 +427,17 @@ class Search:
         if record["state"] == "complete":
             study.tell(trial, objective_values(record))
         else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=_optuna_state(record))
+
+    def _stopped_constraints(self, record: dict) -> dict[str, float]:
+        budget = self.config.budget
+        m = dict(record.get("probe") or {})
+        m["accuracy"] = record["stopped"]["accuracy"]
+        m.setdefault("latency_ms", budget.max_latency_ms or 0.0)
+        m.setdefault("size_mb", budget.max_size_mb or 0.0)
+        cons = constraints({"metrics": m}, budget, self.base["metrics"]["accuracy"])
+        record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
+        return cons
 
     def _write_pareto(self) -> dict:
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
@@ -432,6 +458,8 @@ class Search:
             "trials_finished": sum(r["state"] == "complete" for r in self.records.values()),
             "trials_failed": sum(r["state"] == "fail" and not r.get("interrupted") for r in self.records.values()),
             "trials_interrupted": sum(bool(r.get("interrupted")) for r in self.records.values()),
+            "throughput": throughput(list(self.records.values()), time.time() - self.progress.started,
+                                     since=self.progress.started),
             "front": rows, "updated": dt.datetime.now().isoformat(timespec="seconds"),
         }
         self.run.write_json("pareto.json", data)
@@ -442,6 +470,11 @@ class Search:
                 for f in folder.glob("model*"):
                     f.unlink(missing_ok=True)
         return data
+
+
+def _optuna_state(record: dict) -> optuna.trial.TrialState:
+    """A record that is not complete: stopped early (PRUNED) or failed."""
+    return optuna.trial.TrialState.PRUNED if record["state"] == "pruned" else optuna.trial.TrialState.FAIL
 
 
 def make_storage(url: str | None, run_dir: Path) -> "str | optuna.storages.BaseStorage":

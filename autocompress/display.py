@@ -31,7 +31,7 @@ class SearchDisplay:
             return Text("")
         elapsed = time.time() - p.started
         left = f"  left {_clock(p.timeout - elapsed)}" if p.timeout else ""
-        return Text(f"trials {p.done}/{p.total}  running {p.running}  failed {p.failed}  "
+        return Text(f"trials {p.done}/{p.total}  running {p.running}  failed {p.failed}  stopped {p.stopped}  "
                     f"front {p.front}  elapsed {_clock(elapsed)}{left}", style="cyan")
 
     @contextlib.contextmanager
@@ -75,9 +75,17 @@ def _short(value) -> str:
 
 def trial_line(record: dict) -> str:
     head = f"trial {record['number']:>3}"
+    if record["state"] == "pruned":
+        stop = record.get("stopped") or {}
+        return (f"{head} [yellow]stopped[/] at {stop.get('stage')} step {stop.get('step')}  {record['duration_s']:5.1f}s  "
+                f"{record['reason']}")
     if record["state"] != "complete":
         return f"{head} [red]failed[/] {record['reason']}"
     m = record["metrics"]
     flag = "[green]feasible[/]" if record.get("feasible") else "[yellow]infeasible[/]"
+    if record.get("stopped"):
+        flag += f" [yellow](stopped at {record['stopped']['stage']}: untrained figures)[/]"
+    elif (record.get("cache") or {}).get("hit"):
+        flag += f" [dim](reused trial {record['cache'].get('from_trial')}'s fine-tune)[/]"
     return (f"{head} {m['accuracy']:6.2f}%  {m['latency_ms']:7.3f} ms  {m['size_mb']:7.3f} MB  {flag}  "
             f"{record['duration_s']:5.1f}s  {describe_choices(record['choices'])}")

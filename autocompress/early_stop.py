@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 class StopTrial(Exception):
     """Raised from ``ctx.report`` to end a trial's fine-tune early."""
 
-    def __init__(self, step: int, accuracy: float, reason: str) -> None:
+    def __init__(self, step: int, accuracy: float, reason: str, rule: str = "floor") -> None:
         super().__init__(reason)
-        self.step, self.accuracy, self.reason = step, accuracy, reason
+        self.step, self.accuracy, self.reason, self.rule = step, accuracy, reason, rule
+        self.stage: str | None = None  # filled in by the trial pipeline
+        self.plugin: str | None = None
 
 
 @dataclass
@@ -64,4 +66,4 @@ class StopRule:
             peers = [acc for curve in self.history for s, acc in curve if s == step]
             if len(peers) >= self.min_history and accuracy < statistics.median(peers):
                 raise StopTrial(step, accuracy, f"behind finished trials: {accuracy:.2f}% at step {step} "
-                                                f"< median {statistics.median(peers):.2f}% of {len(peers)}")
+                                                f"< median {statistics.median(peers):.2f}% of {len(peers)}", rule="halving")

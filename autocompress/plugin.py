@@ -77,7 +77,9 @@ class TrialContext:
         seed: Seed for any randomness.
         batch_size: Batch size for training and calibration.
         threads: Thread count of the target device.
-        report: Callback ``report(step, accuracy)`` for fine-tuning curves.
+        report: Callback ``report(step, accuracy)`` after each fine-tuning epoch (accuracy in %
+            on a validation slice). It may raise :class:`autocompress.early_stop.StopTrial` to
+            end the trial early: let it propagate.
         log: Callback for one line of progress.
         structure_only: Only latency and size will be measured (a cheap probe): skip training.
     """
@@ -111,6 +113,9 @@ class Plugin(abc.ABC):
         runtimes: Runtimes whose artefacts it can produce; ``None`` = any (it returns a module).
         changes_structure: Whether latency and size depend on it (pruning, quantization)
             rather than only the weights' values (distillation).
+        fine_tunes: Whether it trains (minutes, not seconds): such trials have their structure
+            measured first and may be stopped early (it must skip training when
+            ``ctx.structure_only`` and report per-epoch accuracy through ``ctx.report``).
     """
 
     name: ClassVar[str]
@@ -119,6 +124,7 @@ class Plugin(abc.ABC):
     search_space: ClassVar[dict[str, Any]] = {}
     runtimes: ClassVar[frozenset[str] | None] = None
     changes_structure: ClassVar[bool] = True
+    fine_tunes: ClassVar[bool] = False
 
     def __init__(self, *, config: PluginConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

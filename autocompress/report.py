@@ -37,7 +37,11 @@ class RunData:
 
     @property
     def failed(self) -> list[dict]:
-        return [r for r in self.records if r["state"] != "complete"]
+        return [r for r in self.records if r["state"] == "fail"]
+
+    @property
+    def stopped(self) -> list[dict]:
+        return [r for r in self.records if r["state"] == "pruned" or r.get("stopped")]
 
     @property
     def front_numbers(self) -> set[int]:
@@ -458,6 +462,18 @@ def build_html(data: RunData) -> str:
                             "failed"))
     else:
         parts.append('<p class="note">No trial failed.</p>')
+
+    parts.append("<h2>Stopped early</h2>")
+    if data.stopped:
+        parts.append(f'<p class="note">{len(data.stopped)} trial(s) stopped early: at <code>structure</code> when the '
+                     'untrained structure already broke the latency or size budget (figures kept, infeasible), or during '
+                     'fine-tuning when the accuracy curve could not reach the floor.</p>')
+        parts.append(_table(["trial", "stage", "step", "configuration", "reason"],
+                            [[r["number"], (r.get("stopped") or {}).get("stage", ""), (r.get("stopped") or {}).get("step", ""),
+                              describe_choices(r["choices"]), (r.get("stopped") or {}).get("reason") or r.get("reason") or ""]
+                             for r in data.stopped], "failed"))
+    else:
+        parts.append('<p class="note">No trial stopped early.</p>')
 
     parts.append("<h2>Hypervolume</h2>")
     if history and data.base:

@@ -54,10 +54,16 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
     key, reverse = keys[sort]
     rows.sort(key=lambda r: r["metrics"][key], reverse=reverse)
     failed = sum(r["state"] == "fail" for r in records)
+    stopped = sum(r["state"] == "pruned" or bool(r.get("stopped")) for r in records)
     infeasible = sum(r["state"] == "complete" and not r.get("feasible") for r in records)
+    caption = None
+    if pareto.get("throughput"):
+        from autocompress.throughput import describe
+
+        caption = "Throughput (last session): " + describe(pareto["throughput"])
     table = Table(title=f"Pareto front of {Path(run).name}: {len(rows)} of {len(pareto['front'])} shown; "
-                        f"{len(records)} trials, {failed} failed, {infeasible} infeasible",
-                  title_justify="left")
+                        f"{len(records)} trials, {failed} failed, {stopped} stopped early, {infeasible} infeasible",
+                  title_justify="left", caption=caption, caption_justify="left")
     for col in ("trial", "val top-1", "Δ top-1", "test top-1", "latency ms", "speed-up", "size MB", "smaller",
                 "params", "precision", "configuration"):
         table.add_column(col, justify="left" if col in {"trial", "configuration", "precision"} else "right")

@@ -26,7 +26,9 @@ from autocompress.config import RunConfig
 from autocompress.data import DataBundle, load_data
 from autocompress.measure import count_params, measure_latency, top1
 from autocompress.models import create_model
-from autocompress.plugin import NONE, STAGE_ORDER, Artefact, TrialContext
+from autocompress.cache import ModelCache, content_key
+from autocompress.early_stop import StopRule, StopTrial
+from autocompress.plugin import NONE, STAGE_ORDER, Artefact, Stage, TrialContext
 from autocompress.registry import Registry, discover
 from autocompress.runtimes import get_runtime
 
@@ -51,6 +53,8 @@ class TrialSpec:
         plugin_files: Plugin files to load (besides entry points).
         structure_only: Skip stages that do not change structure (a cheap probe of latency and size).
         keep_artefact: Keep the saved artefact under ``trials/<number>/``.
+        floor: Accuracy floor in % for early stopping (base minus the allowed drop).
+        history: Per-epoch curves ``[[step, accuracy], ...]`` of finished trials, for early stopping.
     """
 
     number: int
@@ -60,6 +64,8 @@ class TrialSpec:
     plugin_files: list[str] = field(default_factory=list)
     structure_only: bool = False
     keep_artefact: bool = True
+    floor: float | None = None
+    history: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,9 +106,12 @@ def _base_predictor(path: str, runtime: str, threads: int, device: str, mtime: f
 def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
     """Runs one trial and returns its record; never raises for a failing trial.
 
-    The record holds ``state`` (``complete`` or ``fail``), ``reason``, ``choices``, ``metrics``
+    The record holds ``state`` (``complete``, ``pruned`` = stopped early, or ``fail``), ``reason``, ``choices``, ``metrics``
     (accuracy, test_accuracy, latency_ms, size_bytes, size_mb, params, precision, runtime),
-    the full latency statistics, stage durations, the fine-tune curve and the artefact path.
+    the full latency statistics, stage durations, the fine-tune curve and the artefact path;
+    ``probe`` (figures of the untrained structure), ``stopped`` (stage, step, accuracy, reason of an
+    early stop: a ``structure`` stop keeps state ``complete`` with the probe's figures, so the
+    sampler's constraints learn from it) and ``cache`` (reuse of a fine-tuned model).
     """
     if isinstance(spec, dict):
         spec = TrialSpec(**spec)
@@ -113,8 +122,10 @@ def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
     }
     out_dir = trial_dir(Path(spec.run_dir), spec.number)
     try:
-        record.update(_run(spec, out_dir))
-        record["state"] = "complete"
+        result = _run(spec, out_dir)
+        record["state"] = result.pop("state", "complete")
+        record["reason"] = result.pop("reason", None)
+        record.update(result)
     except (Exception, MemoryError) as err:  # a failing trial is data, not a crash
         record["state"] = "fail"
         record["reason"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
@@ -141,47 +152,146 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     data: DataBundle = load_data(config.data, config.model.img_size)
     runtime = get_runtime(trial_runtime(spec.choices, config))
     teacher = _base_model(spec.run_dir, config.model_dump_json())
-    model = copy.deepcopy(teacher)
     work = out_dir / "tmp"
     work.mkdir(parents=True, exist_ok=True)
-    curve: list[list[float]] = []
-    durations: dict[str, float] = {}
-    ctx = TrialContext(
-        data=data, teacher=teacher, device=device, runtime=runtime.name,
-        example_input=data.train.example(config.device.batch_size), workdir=work,
-        seed=config.search.seed + max(spec.number, 0), batch_size=config.data.batch_size, threads=threads,
-        report=lambda step, acc: curve.append([step, round(float(acc), 4)]),
-        structure_only=spec.structure_only,
-    )
-    result: torch.nn.Module | Artefact = model
-    params_count = count_params(model)
+    steps = []
     for stage in STAGE_ORDER:
         name, params = spec.choices.get(stage.value, [NONE, {}])
-        if name == NONE:
-            continue
-        cls = registry.get(name)
-        if spec.structure_only and not cls.changes_structure:
-            continue
+        if name != NONE:
+            steps.append((stage, name, params, registry.get(name)))
+    if spec.structure_only:
+        steps = [step for step in steps if step[3].changes_structure]
+    curve: list[list[float]] = []
+    durations: dict[str, float] = {}
+    rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history)
+    offset = [0]
+
+    def report(step: int, accuracy: float) -> None:
+        curve.append([offset[0] + step, round(float(accuracy), 4)])
+        rule.check(offset[0] + step, float(accuracy))
+
+    def context(structure_only: bool, folder: Path) -> TrialContext:
+        folder.mkdir(parents=True, exist_ok=True)
+        return TrialContext(
+            data=data, teacher=teacher, device=device, runtime=runtime.name,
+            example_input=data.train.example(config.device.batch_size), workdir=folder,
+            seed=config.search.seed + max(spec.number, 0), batch_size=config.data.batch_size, threads=threads,
+            report=report, structure_only=structure_only)
+
+    measure = functools.partial(_save_and_measure, spec=spec, config=config, runtime=runtime, data=data,
+                                device=device)
+    out: dict[str, Any] = {"durations": durations, "curve": curve}
+    trains = spec.number >= 0 and not spec.structure_only and any(cls.fine_tunes for *_, cls in steps)
+
+    if trains and config.search.structure_first:  # cheap figures first: structure only, no training
+        t0 = time.perf_counter()
+        ctx = context(True, work / "probe")
+        result = _apply([s for s in steps if s[3].changes_structure], copy.deepcopy(teacher), ctx, durations={})
+        probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=_params(result))
+        durations["structure_first"] = round(time.perf_counter() - t0, 3)
+        out["probe"] = probe["metrics"]
+        verdict = structure_verdict(probe["metrics"], config)
+        if verdict:
+            probe.update(out, artefact=None, stopped={"stage": "structure", "reason": verdict})
+            return probe
+
+    ctx = context(spec.structure_only, work)
+    model: torch.nn.Module | Artefact = copy.deepcopy(teacher)
+    prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
+    cache = None
+    if trains and config.search.cache and any(cls.fine_tunes for *_, cls in prefix):
+        cache = ModelCache(Path(spec.run_dir) / "cache", max_bytes=config.search.cache_mb * 1e6)
+        key = content_key(_base_id(spec.run_dir), [[st.value, n, p] for st, n, p, _ in prefix])
+        hit = cache.get(key)
+        if hit is not None:
+            model, meta = hit
+            curve.extend(meta.get("curve", []))
+            out["cache"] = {"key": key, "hit": True, "from_trial": meta.get("trial"), "saved_s": meta.get("seconds")}
+            steps = [s for s in steps if s[0] == Stage.QUANTIZE]
+            prefix = []
+        else:
+            out["cache"] = {"key": key, "hit": False, "corrupt_rebuilt": cache.corrupt > 0}
+    try:
+        t_prefix = time.perf_counter()
+        model = _apply(prefix, model, ctx, durations, offset=offset, curve=curve)
+        if cache is not None and prefix:
+            cache.put(key, model, {"trial": spec.number, "curve": list(curve),
+                                   "seconds": round(time.perf_counter() - t_prefix, 3)})
+        result = _apply([s for s in steps if s[0] == Stage.QUANTIZE], model, ctx, durations, offset=offset, curve=curve)
+    except StopTrial as stop:
+        out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
+            "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
+            "rule": stop.rule, "reason": stop.reason})
+        return out
+    params_count = _params(result) if isinstance(result, torch.nn.Module) else _params(model)
+    record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
+                     params=params_count if params_count else count_params(teacher))
+    record.update(out)
+    durations.update(record.pop("timings"))
+    (out_dir / "record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _params(result: Any) -> int | None:
+    return count_params(result) if isinstance(result, torch.nn.Module) else None
+
+
+def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, durations: dict,
+           offset: list | None = None, curve: list | None = None) -> "torch.nn.Module | Artefact":
+    """Applies ``(stage, name, params, cls)`` steps in order; a stop inside names its stage."""
+    result = model
+    for stage, name, params, cls in steps:
         if isinstance(result, Artefact):
             raise RuntimeError(f"{name} cannot follow a stage that already produced a {result.runtime} artefact")
+        if offset is not None and curve:
+            offset[0] = int(curve[-1][0])
         t0 = time.perf_counter()
         torch.manual_seed(ctx.seed)
-        result = cls.from_params(params).apply(result, ctx)
+        try:
+            result = cls.from_params(params).apply(result, ctx)
+        except StopTrial as stop:
+            stop.stage, stop.plugin = stage.value, name
+            durations[stage.value] = round(time.perf_counter() - t0, 3)
+            raise
         durations[stage.value] = round(time.perf_counter() - t0, 3)
         if isinstance(result, torch.nn.Module):
             result = result.cpu().eval()
-            params_count = count_params(result)
+    return result
+
+
+def structure_verdict(metrics: dict, config: RunConfig) -> str | None:
+    """Why a structure (measured before any training) cannot meet the budget, or ``None``."""
+    budget = config.budget
+    if budget.max_size_mb is not None and metrics["size_mb"] > budget.max_size_mb:
+        return f"size {metrics['size_mb']:.3f} MB > budget {budget.max_size_mb} MB before fine-tuning"
+    limit = None if budget.max_latency_ms is None else budget.max_latency_ms * (1 + config.search.latency_margin)
+    if limit is not None and metrics["latency_ms"] > limit:
+        return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
+                f"(+{config.search.latency_margin:.0%} margin) before fine-tuning")
+    return None
+
+
+def _base_id(run_dir: str) -> str:
+    key_file = Path(run_dir) / "base" / "key.json"
+    return json.loads(key_file.read_text()).get("key", "") if key_file.exists() else ""
+
+
+def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec: TrialSpec, config: RunConfig,
+                      runtime, data: DataBundle, device: torch.device, keep: bool, params: int) -> dict[str, Any]:
+    """Saves ``result`` for the runtime at ``final``, reloads it and measures accuracy, latency, size."""
+    threads = config.device.threads
+    timings = {}
     t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"model{runtime.suffix}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    example = data.train.example(config.device.batch_size)
     if isinstance(result, torch.nn.Module):
-        artefact = runtime.save(result, ctx.example_input, final)
-        if spec.keep_artefact and spec.number >= 0:
+        artefact = runtime.save(result, example, final)
+        if keep:
             # the float module itself, so `autocompress export` can write other formats exactly
             try:
-                torch.save(result, out_dir / MODULE_FILE)
+                torch.save(result, final.parent / MODULE_FILE)
             except Exception:  # an unpicklable module (local hooks, ...) only limits the export formats
-                (out_dir / MODULE_FILE).unlink(missing_ok=True)
+                (final.parent / MODULE_FILE).unlink(missing_ok=True)
     else:
         if result.runtime != runtime.name:
             raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
@@ -192,7 +302,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             shutil.move(str(extra), dest)
             extras.append(dest)
         artefact = Artefact(final, result.runtime, result.precision, extra_files=extras)
-    durations["export"] = round(time.perf_counter() - t0, 3)
+    timings["export"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
     predict = runtime.load(artefact, threads=threads, device=device.type)
@@ -206,28 +316,25 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     with measurement_lock():
         lat = measure_latency(predictors, data.test.example(config.device.batch_size), warmup=config.device.warmup,
                               repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
-    durations["measure"] = round(time.perf_counter() - t0, 3)
+    timings["measure"] = round(time.perf_counter() - t0, 3)
     size = artefact.size_bytes()
     record = {
         "metrics": {
             "accuracy": round(accuracy, 4), "test_accuracy": round(test_accuracy, 4),
             "latency_ms": lat["trial"].median_ms, "size_bytes": size, "size_mb": round(size / 1e6, 6),
-            "params": params_count, "precision": artefact.precision, "runtime": artefact.runtime,
+            "params": params, "precision": artefact.precision, "runtime": artefact.runtime,
         },
         "latency": lat["trial"].to_dict(),
-        "durations": durations,
-        "curve": curve,
-        "artefact": str(final.relative_to(spec.run_dir)),
+        "timings": timings,
+        "artefact": str(final.relative_to(spec.run_dir)) if keep or spec.number < 0 else None,
         "device": _device_name(device),
     }
     if BASE in lat:
         record["base_latency_same_window"] = lat[BASE].to_dict()
         record["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
-    if not spec.keep_artefact:
+    if not (keep or spec.number < 0):
         for f in artefact.files:
             f.unlink(missing_ok=True)
-        record["artefact"] = None
-    (out_dir / "record.json").write_text(json.dumps(record, indent=1))
     return record
 
 

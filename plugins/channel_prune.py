@@ -105,7 +105,7 @@ class ChannelPrune(Plugin):
             pruner.step()
             model.zero_grad(set_to_none=True)
             _update_attentions(attentions, pruner)
-            if cfg.finetune_epochs and step < cfg.iterative_steps - 1:
+            if cfg.finetune_epochs and step < cfg.iterative_steps - 1 and not ctx.structure_only:
                 fit(model, ctx.data, epochs=cfg.finetune_epochs, lr=1e-3, seed=ctx.seed + step,
                     batch_size=ctx.batch_size, device=ctx.device)
                 model.cpu()

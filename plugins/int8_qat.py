@@ -59,6 +59,7 @@ class Int8QAT(Plugin):
 
     name = "int8_qat"
     stage = Stage.QUANTIZE
+    fine_tunes = True
     runtimes = frozenset({"onnxruntime"})
 
     class Config(PluginConfig):

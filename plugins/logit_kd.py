@@ -40,6 +40,7 @@ class LogitKD(Plugin):
     name = "logit_kd"
     stage = Stage.DISTILL
     changes_structure = False
+    fine_tunes = True
 
     class Config(PluginConfig):
         temperature: float = Field(default=4.0, gt=0.0, le=50.0)

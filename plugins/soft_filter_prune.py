@@ -45,6 +45,7 @@ class SoftFilterPrune(Plugin):
 
     name = "soft_filter_prune"
     stage = Stage.PRUNE
+    fine_tunes = True
 
     class Config(PluginConfig):
         """Parameters of :class:`SoftFilterPrune`.
@@ -118,8 +119,9 @@ class SoftFilterPrune(Plugin):
         # As in the authors' code: zero once before training, then after every epoch.
         model.cpu()
         soft_prune(model, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to, max_layer_ratio=cfg.max_layer_ratio)
-        fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-            device=ctx.device, loss_fn=loss_fn, on_epoch=on_epoch)
+        if not ctx.structure_only:  # a latency/size probe: the kept channels' count is what matters
+            fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
+                device=ctx.device, loss_fn=loss_fn, on_epoch=on_epoch)
         model.cpu().eval()
         hard_prune(model, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to, max_layer_ratio=cfg.max_layer_ratio)
         return model.eval()

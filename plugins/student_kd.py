@@ -44,6 +44,7 @@ class StudentKD(Plugin):
     name = "student_kd"
     stage = Stage.DISTILL
     changes_structure = True
+    fine_tunes = True
 
     class Config(PluginConfig):
         student: str = "mobilenetv3_small_100"

@@ -23,3 +23,15 @@ def test_hit_returns_an_equal_module_and_corruption_is_rebuilt_not_trusted(tmp_p
 def test_keys_depend_on_every_part():
     assert content_key("a", {"x": 1}) == content_key("a", {"x": 1})
     assert content_key("a", {"x": 1}) != content_key("a", {"x": 2})
+
+
+def test_eviction_keeps_the_cache_under_its_cap_oldest_first(tmp_path):
+    import os
+
+    model = torch.nn.Linear(64, 64)  # ~17 kB pickled
+    cache = ModelCache(tmp_path, max_bytes=40_000)
+    for i, key in enumerate(("a", "b")):
+        cache.put(key, model)
+        os.utime(tmp_path / f"{key}.json", (1000 + i, 1000 + i))
+    cache.put("c", model)
+    assert not (tmp_path / "a.pt").exists() and (tmp_path / "b.pt").exists() and (tmp_path / "c.pt").exists()

@@ -1,0 +1,59 @@
+"""Throughput figures of a run: how much of the night went into trials that decided something.
+
+Trials finished or decided per hour, the share stopped early and at which stage, cache reuse,
+and an estimate of the time those saved (labelled as an estimate: a stopped trial's full cost
+is taken as the median duration of finished trials that ran their whole fine-tune).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+
+def throughput(records: list[dict], wall_s: float, since: float | None = None) -> dict:
+    """Summarises trial records.
+
+    Args:
+        records: Trial records (``trials.jsonl``), interrupted ones included.
+        wall_s: Wall-clock seconds of the search session the rate is computed over.
+        since: Only records started at or after this time count towards the rate (a resumed
+            session); ``None`` = all.
+
+    Returns:
+        ``trials_per_hour`` (finished or stopped, not failed), counts by outcome, ``stopped_by_stage``,
+        ``stopped_fraction``, ``cache_hits`` and ``time_saved_s_estimate``.
+    """
+    decided = [r for r in records if not r.get("interrupted") and r["state"] in ("complete", "pruned")]
+    stopped = [r for r in decided if r.get("stopped")]
+    by_stage: dict[str, int] = {}
+    for r in stopped:
+        by_stage[r["stopped"]["stage"]] = by_stage.get(r["stopped"]["stage"], 0) + 1
+    full = [r["duration_s"] for r in decided
+            if r["state"] == "complete" and not r.get("stopped") and r.get("curve") and not (r.get("cache") or {}).get("hit")]
+    full_cost = statistics.median(full) if full else None
+    saved = 0.0
+    if full_cost is not None:
+        saved += sum(max(0.0, full_cost - r["duration_s"]) for r in stopped)
+    hits = [r for r in decided if (r.get("cache") or {}).get("hit")]
+    saved += sum(float(r["cache"].get("saved_s") or 0.0) for r in hits)
+    counted = [r for r in decided if since is None or r.get("started", 0) >= since]
+    return {
+        "wall_s": round(wall_s, 1),
+        "trials_per_hour": round(len(counted) / wall_s * 3600, 1) if wall_s > 0 else None,
+        "decided": len(decided),
+        "completed": sum(r["state"] == "complete" and not r.get("stopped") for r in decided),
+        "stopped": len(stopped),
+        "stopped_fraction": round(len(stopped) / len(decided), 3) if decided else 0.0,
+        "stopped_by_stage": by_stage,
+        "cache_hits": len(hits),
+        "time_saved_s_estimate": round(saved, 1),
+    }
+
+
+def describe(figures: dict) -> str:
+    """One line for the terminal."""
+    stages = ", ".join(f"{n} at {stage}" for stage, n in sorted(figures.get("stopped_by_stage", {}).items()))
+    rate = figures.get("trials_per_hour")
+    return (f"{rate if rate is not None else '?'} trials/h; {figures['decided']} decided, {figures['stopped']} stopped early "
+            f"({figures['stopped_fraction']:.0%}{'; ' + stages if stages else ''}), {figures['cache_hits']} cache hits, "
+            f"~{figures['time_saved_s_estimate'] / 60:.1f} min saved (estimate)")

@@ -1,0 +1,137 @@
+"""Spending the night on promising trials: a structure that breaks the budget is stopped before
+its fine-tune, a curve that cannot reach the floor stops early, a fine-tuned model is reused and
+a corrupt cache entry is rebuilt. Real tiny searches on digits."""
+
+import json
+
+import optuna
+import pytest
+
+from autocompress.config import RunConfig
+from autocompress.controller import Search
+from autocompress.trial import run_trial
+from conftest import write_yaml
+
+PRUNE_KD = {"prune": ["channel_prune", {"ratio": 0.6}], "distill": ["logit_kd", {"epochs": 3, "lr": 0.003}],
+            "quantize": ["none", {}]}
+
+
+def _config(tmp_path, tiny_config_dict, space=None, **overrides) -> RunConfig:
+    cfg = json.loads(json.dumps(tiny_config_dict))
+    cfg["search"]["early_stop"] = "budget"
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
+    if space is not None:
+        cfg["search_space"] = str(write_yaml(tmp_path / "space.yaml", space))
+    return RunConfig.model_validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, request):
+    """A run folder with its base trained and measured (no trials yet)."""
+    tiny = request.getfixturevalue("tiny_config_dict")
+    tmp = tmp_path_factory.mktemp("spend")
+    search = Search(config=_config(tmp, tiny), run_dir=tmp / "run")
+    search.validate()
+    search.prepare()
+    return search
+
+
+@pytest.fixture(scope="module")
+def tiny_config_dict():
+    return {
+        "model": {"name": "test_resnet", "img_size": 32, "train_epochs": 2, "train_lr": 0.01},
+        "data": {"source": "digits", "max_samples": 400, "batch_size": 32},
+        "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": None},
+        "device": {"threads": 1, "warmup": 3, "repeats": 10, "rounds": 2},
+        "search": {"sampler": "random", "trials": 3, "timeout": None, "seed": 0},
+    }
+
+
+def _spec(search, number, choices, budget=None, search_cfg=None, **kw):
+    spec = search._spec(number, choices, **kw)
+    spec.config["budget"].update(budget or {})
+    spec.config["search"].update(search_cfg or {})
+    return spec
+
+
+def test_a_structure_over_the_latency_budget_never_starts_its_fine_tune(prepared):
+    record = run_trial(_spec(prepared, 0, PRUNE_KD, budget={"max_latency_ms": 1e-6}))
+    assert record["state"] == "complete", record["reason"]
+    assert record["stopped"]["stage"] == "structure" and "latency" in record["stopped"]["reason"]
+    assert "distill" not in record["durations"] and record["curve"] == []   # the KD never ran
+    assert record["metrics"] == record["probe"] and record["metrics"]["latency_ms"] > 0
+    assert record["artefact"] is None
+    # the same trial within budget runs its fine-tune and keeps both the probe's and the final figures
+    full = run_trial(_spec(prepared, 1, PRUNE_KD, search_cfg={"cache": False}))
+    assert full["state"] == "complete" and "stopped" not in full
+    assert [step for step, _ in full["curve"]] == [1, 2, 3] and full["durations"]["distill"] > 0
+    assert full["probe"]["size_bytes"] == full["metrics"]["size_bytes"]   # the structure decides the size
+
+
+def test_a_size_stop_is_told_to_optuna_as_infeasible_with_its_figures(tmp_path, tiny_config_dict):
+    space = {"distill": {"logit_kd": {"epochs": 3}}}   # the base's structure: 1.5 MB
+    config = _config(tmp_path, tiny_config_dict, space, **{"budget.max_size_mb": 1.0})
+    config.search.trials = 1
+    search = Search(config=config, run_dir=tmp_path / "run")
+    search._check_budget = lambda: None   # the budget check would refuse this space outright
+    search.search()
+    record = json.loads((tmp_path / "run" / "trials.jsonl").read_text().splitlines()[0])
+    assert record["stopped"]["stage"] == "structure" and record["feasible"] is False
+    assert record["constraints"]["size"] == pytest.approx(record["metrics"]["size_mb"] - 1.0, abs=1e-6)
+    study = optuna.load_study(study_name=config.search.study_name, storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert max(study.trials[0].constraints.values()) > 0
+    pareto = json.loads((tmp_path / "run" / "pareto.json").read_text())
+    assert pareto["throughput"]["stopped_by_stage"] == {"structure": 1}
+
+
+def test_a_curve_that_cannot_reach_the_floor_stops_and_is_recorded(tmp_path, tiny_config_dict):
+    space = {"prune": {"channel_prune": {"ratio": 0.6}}, "distill": {"logit_kd": {"epochs": 3, "lr": 0.003}}}
+    config = _config(tmp_path, tiny_config_dict, space, **{"budget.max_accuracy_drop": 0.0})
+    config.search.trials = 1
+    Search(config=config, run_dir=tmp_path / "run").search()
+    record = json.loads((tmp_path / "run" / "trials.jsonl").read_text().splitlines()[0])
+    base = json.loads((tmp_path / "run" / "base.json").read_text())["metrics"]
+    assert record["state"] == "pruned"
+    stop = record["stopped"]
+    assert stop["stage"] == "distill" and stop["step"] == 1 and stop["rule"] == "floor"
+    assert f"cannot reach the accuracy floor {base['accuracy']:.2f}%" in record["reason"]
+    assert len(record["curve"]) == 1                      # 1 of 3 epochs ran
+    assert record["constraints"]["accuracy"] > 0           # an infeasible point for the sampler
+    study = optuna.load_study(study_name=config.search.study_name, storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_with_early_stop_none_the_same_trial_runs_to_the_end(prepared):
+    base = prepared.base["metrics"]["accuracy"]
+    record = run_trial(_spec(prepared, 2, PRUNE_KD, search_cfg={"early_stop": "none", "cache": False}, floor=base))
+    assert record["state"] == "complete" and len(record["curve"]) == 3
+
+
+def test_a_cached_fine_tune_is_reused_and_a_corrupt_entry_is_rebuilt(prepared):
+    run = prepared.run.path
+    first = run_trial(_spec(prepared, 10, PRUNE_KD))
+    assert first["cache"]["hit"] is False and first["durations"]["distill"] > 0
+    entries = sorted((run / "cache").glob("*.pt"))
+    assert len(entries) == 1
+
+    int8 = dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 2}])
+    second = run_trial(_spec(prepared, 11, int8))
+    assert second["cache"] == {"key": first["cache"]["key"], "hit": True, "from_trial": 10,
+                               "saved_s": pytest.approx(second["cache"]["saved_s"])}
+    assert "distill" not in second["durations"] and "prune" not in second["durations"]
+    assert second["curve"] == first["curve"] and second["metrics"]["precision"] == "int8"
+    assert second["metrics"]["params"] == first["metrics"]["params"]
+
+    blob = entries[0]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    third = run_trial(_spec(prepared, 12, int8))
+    assert third["state"] == "complete"
+    assert third["cache"]["hit"] is False and third["cache"]["corrupt_rebuilt"] is True
+    assert third["durations"]["distill"] > 0                # trained again, not trusted
+    fourth = run_trial(_spec(prepared, 13, int8))           # the rebuilt entry is whole again
+    assert fourth["cache"]["hit"] is True and fourth["cache"]["from_trial"] == 12
