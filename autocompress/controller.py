@@ -355,7 +355,7 @@ class Search:
             started = len(finished)
             self.progress.done = len(finished)
             self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
-            self.progress.stopped = sum(t.state == optuna.trial.TrialState.PRUNED for t in finished)
+            self.progress.stopped = sum(bool(r.get("stopped")) for r in self.records.values())
             durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
             pareto = self._write_pareto()
             while True:
@@ -402,6 +402,7 @@ class Search:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
         self.progress.done += 1
+        self.progress.stopped += bool(record.get("stopped"))
         if record["state"] == "complete":
             cons = constraints(record, self.config.budget, self.base["metrics"]["accuracy"])
             record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
@@ -412,7 +413,6 @@ class Search:
             trial.set_user_attr("artefact", record.get("artefact"))
         else:
             self.progress.failed += record["state"] == "fail"
-            self.progress.stopped += record["state"] == "pruned"
             record["feasible"] = False
             trial.set_user_attr("reason", record["reason"])
             if record["state"] == "pruned" and (record.get("stopped") or {}).get("rule") == "floor":

@@ -5,8 +5,10 @@ the curves that fine-tuning plugins report (``ctx.report(step, accuracy)``):
 
 * ``none``: never stop.
 * ``budget``: stop when the accuracy reached at a step, plus the largest gain any finished trial
-  made from that step to its end (``default_gain_pp`` before any finished), stays below the
-  accuracy floor (base accuracy minus the allowed drop): the trial cannot become feasible.
+  made from that step to its end, stays below the accuracy floor (base accuracy minus the allowed
+  drop): the trial cannot become feasible. Until ``min_history`` finished curves reached that step
+  the gain assumed is ``default_gain_pp`` (30 pp: fine-tunes with a one-cycle schedule gain much
+  after their first epoch, so the rule only stops hopeless trials before it has learned more).
 * ``halving``: ``budget``, and also stop a trial below the median of finished trials at the same
   step once at least ``min_history`` of them reached it (successive-halving style).
 """
@@ -35,14 +37,15 @@ class StopRule:
         mode: ``none``, ``budget`` or ``halving``.
         floor: Accuracy floor in percent (``None`` = no accuracy budget).
         history: Curves of finished trials, each ``[[step, accuracy], ...]``.
-        default_gain_pp: Gain assumed possible after a step when no finished trial shows one.
-        min_history: Finished curves needed at a step before ``halving`` compares with them.
+        default_gain_pp: Gain assumed possible after a step until ``min_history`` finished curves reached it.
+        min_history: Finished curves needed at a step before their gains (``budget``) or their
+            median (``halving``) are used.
     """
 
     mode: str = "none"
     floor: float | None = None
     history: list[list[list[float]]] = field(default_factory=list)
-    default_gain_pp: float = 10.0
+    default_gain_pp: float = 30.0
     min_history: int = 3
 
     def max_gain(self, step: int) -> float:
@@ -51,7 +54,7 @@ class StopRule:
             at = [acc for s, acc in curve if s == step]
             if at and curve:
                 gains.append(curve[-1][1] - at[0])
-        return max(gains) if gains else self.default_gain_pp
+        return max(gains) if len(gains) >= self.min_history else self.default_gain_pp
 
     def check(self, step: int, accuracy: float) -> None:
         """Raises :class:`StopTrial` when the rule says the trial should stop."""

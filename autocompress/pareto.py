@@ -15,15 +15,21 @@ def objective_values(record: dict[str, Any]) -> list[float]:
 
 
 def constraints(record: dict[str, Any], budget, base_accuracy: float) -> dict[str, float]:
-    """Constraint values (feasible when every value is <= 0) of a finished record."""
+    """Constraint values (feasible when every value is <= 0) of a finished record.
+
+    Each is the violation relative to its limit (``latency / max - 1``, ``size / max - 1``,
+    ``(floor - accuracy) / floor``), so ms, MB and percentage points weigh alike when the
+    sampler ranks infeasible trials by their summed violation.
+    """
     m = record["metrics"]
     out = {}
     if budget.max_latency_ms is not None:
-        out["latency"] = m["latency_ms"] - budget.max_latency_ms
+        out["latency"] = m["latency_ms"] / budget.max_latency_ms - 1.0
     if budget.max_size_mb is not None:
-        out["size"] = m["size_mb"] - budget.max_size_mb
+        out["size"] = m["size_mb"] / budget.max_size_mb - 1.0
     if budget.max_accuracy_drop is not None:
-        out["accuracy"] = (base_accuracy - budget.max_accuracy_drop) - m["accuracy"]
+        floor = max(base_accuracy - budget.max_accuracy_drop, 1e-6)
+        out["accuracy"] = (floor - m["accuracy"]) / floor
     return out
 
 

@@ -97,6 +97,13 @@ class TrialContext:
     log: Callable[[str], None] = lambda line: None
     structure_only: bool = False
 
+    def report_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        """An ``on_epoch`` callback for :func:`autocompress.models.fit`: reports top-1 on a
+        512-image validation slice after epoch ``epoch`` (0-based) through :attr:`report`."""
+        from autocompress.measure import module_predictor, top1
+
+        self.report(epoch + 1, top1(module_predictor(model, self.device), self.data.val, limit=512))
+
 
 class Plugin(abc.ABC):
     """Base class of every method plugin.

@@ -50,32 +50,37 @@ BASE_WEIGHTS = SHARED / "models" / "resnet18-cifar10.pth"
 CIFAR = SHARED / "datasets" / "cifar10"
 ACCURACY_SCALE_PP = 5.0
 
-KD = {"epochs": {"low": 1, "high": 2, "step": 1}, "lr": [3e-4, 1e-3]}
-FULL = {
-    "prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.2, "high": 0.8, "step": 0.1}}},
-    "distill": {"none": {}, "logit_kd": KD},
-    "quantize": {"none": {}, "int8_static": {}},
-}
-ARMS: dict[str, tuple[str, dict]] = {
-    "joint": ("tpe", FULL),
-    "random": ("random", FULL),
-    "prune_only": ("tpe", {
-        "prune": {"channel_prune": {"ratio": {"low": 0.2, "high": 0.8, "step": 0.1}}},
-        "distill": {"logit_kd": {**KD, "alpha": 0.0}},
-    }),
-    "quantize_only": ("tpe", {
-        "quantize": {"int8_static": {"calibration": ["minmax", "percentile", "entropy"],
-                                     "per_channel": [True, False], "keep_first_last_float": [False, True]}},
-    }),
-    "distill_only": ("tpe", {"distill": {"logit_kd": KD}}),
-}
+def arms(kd_epochs: int = 2) -> dict[str, tuple[str, dict]]:
+    """``{arm: (sampler, search space)}``; fine-tunes last 1 to ``kd_epochs`` epochs."""
+    kd = {"epochs": {"low": 1, "high": kd_epochs, "step": 1}, "lr": [3e-4, 1e-3]}
+    full = {
+        "prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.2, "high": 0.8, "step": 0.1}}},
+        "distill": {"none": {}, "logit_kd": kd},
+        "quantize": {"none": {}, "int8_static": {}},
+    }
+    return {
+        "joint": ("tpe", full),
+        "random": ("random", full),
+        "prune_only": ("tpe", {
+            "prune": {"channel_prune": {"ratio": {"low": 0.2, "high": 0.8, "step": 0.1}}},
+            "distill": {"logit_kd": {**kd, "alpha": 0.0}},
+        }),
+        "quantize_only": ("tpe", {
+            "quantize": {"int8_static": {"calibration": ["minmax", "percentile", "entropy"],
+                                         "per_channel": [True, False], "keep_first_last_float": [False, True]}},
+        }),
+        "distill_only": ("tpe", {"distill": {"logit_kd": kd}}),
+    }
+
+
+ARMS = arms()
 PEERS = {
     "nncf_alone": {"quantize": {"nncf_int8": {"subset_size": 512}}},
     "hand_pipeline": {"prune": {"channel_prune": {"ratio": 0.5}}, "distill": {"logit_kd": {"epochs": 2, "lr": 1e-3}},
                       "quantize": {"nncf_int8": {"subset_size": 512}}},
 }
 SPEED_SPACE = {
-    **FULL, "distill": {"none": {}, "logit_kd": {"epochs": {"low": 1, "high": 3, "step": 1}, "lr": [3e-4, 1e-3]}},
+    **ARMS["joint"][1], "distill": {"none": {}, "logit_kd": {"epochs": {"low": 1, "high": 3, "step": 1}, "lr": [3e-4, 1e-3]}},
     "warm_start": [{"quantize": "int8_static"},
                    {"prune": {"channel_prune": {"ratio": 0.5}}, "distill": {"logit_kd": {"epochs": 2}},
                     "quantize": "int8_static"}],
@@ -231,6 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials per arm and seed")
     parser.add_argument("--samples", type=int, default=2000, help="images per split cap (train is split 75/25 into train/val)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--kd-epochs", type=int, default=2, help="upper end of the fine-tune epochs range of the arms")
     parser.add_argument("--speed-wall", type=float, default=300.0, help="seconds per run of the spend-the-night comparison (0: skip)")
     parser.add_argument("--no-peer", action="store_true", help="skip the NNCF rows (also skipped without openvino/nncf)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "proof")
@@ -262,10 +268,10 @@ def main(argv=None) -> int:
     # 2. the arms
     for seed in args.seeds:
         for arm in args.arms:
-            sampler, space = ARMS[arm]
+            sampler, space = arms(args.kd_epochs)[arm]
             space = json.loads(json.dumps(space))
             if arm == "distill_only" and "student_kd" in names:
-                space["distill"]["student_kd"] = {"epochs": {"low": 1, "high": 2, "step": 1}}
+                space["distill"]["student_kd"] = {"epochs": {"low": 1, "high": args.kd_epochs, "step": 1}}
             run_dir = args.out / f"{arm}-s{seed}"
             wall = run_search(run_dir, run_config(args, seed, args.out / f"space-{arm}.yaml", sampler=sampler), space)
             results.append({"group": "arm", "arm": arm, "seed": seed, **summarise(run_dir, ref, base_accuracy, wall)})

@@ -76,7 +76,8 @@ class Int8Mixed(Plugin):
         static = plugin_module(Path(__file__).with_name("int8_static.py"))
         out = static.quantize_onnx_static(
             float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
-            calibration_batches=cfg.calibration_batches, per_channel=cfg.per_channel, exclude=exclude)
+            calibration_batches=1 if ctx.structure_only else cfg.calibration_batches, per_channel=cfg.per_channel,
+            exclude=exclude)
         float_path.unlink(missing_ok=True)
         return Artefact(out, "onnxruntime", "mixed" if float_stages else "int8")
 

@@ -66,7 +66,7 @@ class Int8PT2E(Plugin):
             prepared = prepare_pt2e(captured, quantizer)
             with torch.no_grad():
                 for x, _ in ctx.data.train.batches(ctx.batch_size, shuffle=True, seed=ctx.seed,
-                                                   limit=cfg.calibration_batches * ctx.batch_size):
+                                                   limit=(1 if ctx.structure_only else cfg.calibration_batches) * ctx.batch_size):
                     prepared(x)
             converted = convert_pt2e(prepared)
             strip_unused_tensors(converted)

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch.nn.utils import parametrize
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.measure import module_predictor, top1
+from autocompress.distill import kd_loss
 from autocompress.models import fit
 from autocompress.registry import plugin_module
 from autocompress.runtimes import export_onnx
@@ -92,24 +91,10 @@ class Int8QAT(Plugin):
         acts = [ActivationFakeQuant(layer, cfg.ema) for layer in layers] if cfg.quantize_activations else []
         try:
             teacher = ctx.teacher.to(ctx.device).eval() if ctx.teacher is not None and cfg.alpha > 0 else None
-            temp = cfg.temperature
-
-            def loss_fn(logits, labels, inputs):
-                ce = F.cross_entropy(logits, labels)
-                if teacher is None:
-                    return ce
-                with torch.no_grad():
-                    soft = teacher(inputs)
-                kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(soft / temp, 1),
-                              reduction="batchmean", log_target=True) * temp * temp
-                return cfg.alpha * kd + (1 - cfg.alpha) * ce
-
-            def on_epoch(epoch, student):
-                ctx.report(epoch + 1, top1(module_predictor(student, ctx.device), ctx.data.val, limit=512))
-
             if not ctx.structure_only:  # a latency/size probe: the trained values do not matter
                 fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                    device=ctx.device, loss_fn=loss_fn, on_epoch=on_epoch, weight_decay=0.0)
+                    device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
+                    on_epoch=ctx.report_epoch, weight_decay=0.0)
         finally:
             for act in acts:
                 act.remove()
@@ -121,7 +106,7 @@ class Int8QAT(Plugin):
         static = plugin_module(Path(__file__).with_name("int8_static.py"))
         out = static.quantize_onnx_static(
             float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
-            calibration_batches=cfg.calibration_batches, per_channel=True, weight_symmetric=True)
+            calibration_batches=1 if ctx.structure_only else cfg.calibration_batches, per_channel=True, weight_symmetric=True)
         float_path.unlink(missing_ok=True)
         return Artefact(out, "onnxruntime", "int8")
 

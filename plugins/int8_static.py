@@ -78,7 +78,7 @@ class Int8Static(Plugin):
         float_path = export_onnx(model, ctx.example_input, ctx.workdir / "float.onnx")
         out = quantize_onnx_static(
             float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
-            percentile=cfg.percentile, calibration_batches=cfg.calibration_batches, per_channel=cfg.per_channel,
+            percentile=cfg.percentile, calibration_batches=1 if ctx.structure_only else cfg.calibration_batches, per_channel=cfg.per_channel,
             exclude=_first_last if cfg.keep_first_last_float else None, ops=cfg.ops,
             weight_symmetric=cfg.weight_symmetric, activation_symmetric=cfg.activation_symmetric,
             moving_average=cfg.moving_average,

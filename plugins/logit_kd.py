@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.measure import top1, module_predictor
+from autocompress.distill import kd_loss
 from autocompress.models import fit
 
 ADAPTER = "_kd_feature_adapter"
@@ -69,25 +69,12 @@ class LogitKD(Plugin):
             raise ValueError("logit_kd needs the base model as teacher")
         cfg = self.config
         teacher = ctx.teacher.to(ctx.device).eval()
-        temp = cfg.temperature
         features = FeatureMatch(model, teacher, cfg.feature_stage, ctx) if cfg.feature_weight > 0 else None
-
-        def loss_fn(logits, labels, inputs):
-            with torch.no_grad():
-                soft = teacher(inputs)
-            kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(soft / temp, 1),
-                          reduction="batchmean", log_target=True) * temp * temp
-            loss = cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(logits, labels)
-            if features is not None:
-                loss = loss + cfg.feature_weight * features.loss()
-            return loss
-
-        def on_epoch(epoch, student):
-            ctx.report(epoch + 1, top1(module_predictor(student, ctx.device), ctx.data.val, limit=512))
-
+        loss_fn = kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha,
+                          extra=(lambda: cfg.feature_weight * features.loss()) if features is not None else None)
         try:
             out = fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                      device=ctx.device, loss_fn=loss_fn, on_epoch=on_epoch)
+                      device=ctx.device, loss_fn=loss_fn, on_epoch=ctx.report_epoch)
         finally:
             if features is not None:
                 features.remove()

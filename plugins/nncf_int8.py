@@ -77,16 +77,20 @@ class NncfInt8(Plugin):
             ov_model = ov.convert_model(str(onnx_path))
         onnx_path.unlink(missing_ok=True)
 
+        # a structure probe (latency, size) needs the int8 graph, not good ranges
+        subset = min(cfg.subset_size, 16) if ctx.structure_only else cfg.subset_size
         calibration = nncf.Dataset(_images(ctx.data.train.batches(
-            ctx.batch_size, shuffle=True, seed=ctx.seed, limit=cfg.subset_size)))
+            ctx.batch_size, shuffle=True, seed=ctx.seed, limit=subset)))
         kwargs = dict(
-            preset=nncf.QuantizationPreset(cfg.preset), subset_size=cfg.subset_size,
+            preset=nncf.QuantizationPreset(cfg.preset), subset_size=subset,
             fast_bias_correction=cfg.fast_bias_correction, target_device=nncf.TargetDevice.CPU,
             model_type=_model_type(ov_model, cfg.model_type),
             ignored_scope=nncf.IgnoredScope(names=_first_last(ov_model)) if cfg.ignore_first_last else None,
         )
         with quiet():
-            if cfg.accuracy_control:
+            # the probe skips accuracy control: all-int8 is the fastest, smallest graph it can pick,
+            # so a probe that breaks the budget means the final model would too
+            if cfg.accuracy_control and not ctx.structure_only:
                 validation = nncf.Dataset(list(ctx.data.val.batches(ctx.batch_size, limit=cfg.validation_samples)))
                 quantized = nncf.quantize_with_accuracy_control(
                     ov_model, calibration, validation, validation_fn=_top1_fraction,

@@ -9,11 +9,11 @@ import warnings
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from pydantic import Field
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
+from autocompress.distill import kd_loss
 from autocompress.measure import module_predictor, top1
 from autocompress.models import fit
 
@@ -97,17 +97,8 @@ class SoftFilterPrune(Plugin):
         if cfg.ratio == 0:
             return model
         example = ctx.example_input[:1].cpu()
-        loss_fn = None
-        if ctx.teacher is not None:
-            teacher = ctx.teacher.to(ctx.device).eval()
-            temp, alpha = cfg.temperature, cfg.alpha
-
-            def loss_fn(logits, labels, inputs):
-                with torch.no_grad():
-                    soft = teacher(inputs)
-                kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(soft / temp, 1),
-                              reduction="batchmean", log_target=True) * temp * temp
-                return alpha * kd + (1 - alpha) * F.cross_entropy(logits, labels)
+        teacher = ctx.teacher.to(ctx.device).eval() if ctx.teacher is not None else None
+        loss_fn = kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha) if teacher is not None else None
 
         def on_epoch(epoch: int, net: torch.nn.Module) -> None:
             zeroed = soft_prune(net, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import timm
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
 from autocompress.config import ModelConfig
-from autocompress.measure import count_params, module_predictor, top1
+from autocompress.distill import kd_loss
+from autocompress.measure import count_params
 from autocompress.models import create_model, fit
 
 # Smallest first: the search treats the first choice as the most compressing.
@@ -87,19 +87,8 @@ class StudentKD(Plugin):
         if count_params(student) >= count_params(teacher):
             ctx.log(f"student_kd: {cfg.student} ({count_params(student)} parameters) is not smaller than the teacher "
                     f"({count_params(teacher)})")
-        temp = cfg.temperature
-
-        def loss_fn(logits, labels, inputs):
-            with torch.no_grad():
-                soft = teacher(inputs)
-            kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(soft / temp, 1),
-                          reduction="batchmean", log_target=True) * temp * temp
-            return cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(logits, labels)
-
-        def on_epoch(epoch, net):
-            ctx.report(epoch + 1, top1(module_predictor(net, ctx.device), ctx.data.val, limit=512))
-
         if ctx.structure_only:  # a latency/size probe: the student's architecture is all that matters
             return student.eval()
         return fit(student, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                   device=ctx.device, loss_fn=loss_fn, on_epoch=on_epoch).cpu()
+                   device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
+                   on_epoch=ctx.report_epoch).cpu()

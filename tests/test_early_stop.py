@@ -8,7 +8,7 @@ def test_none_never_stops():
 
 
 def test_budget_stops_a_curve_that_cannot_reach_the_floor():
-    rule = StopRule(mode="budget", floor=90, history=[[[1, 80], [2, 85], [3, 88]]])
+    rule = StopRule(mode="budget", floor=90, history=[[[1, 80], [2, 85], [3, 88]], [[1, 70], [2, 72]], [[1, 60], [2, 61]]])
     rule.check(1, 83)                       # 83 + 8 gain seen = 91 >= 90: keep going
     with pytest.raises(StopTrial) as err:
         rule.check(1, 81)                   # 81 + 8 = 89 < 90
@@ -20,6 +20,13 @@ def test_budget_uses_a_default_gain_before_any_history():
     rule.check(1, 81)
     with pytest.raises(StopTrial):
         rule.check(1, 79)
+
+
+def test_budget_trusts_history_only_from_min_history_curves():
+    one = [[[1, 80], [2, 81]]]                      # one finished curve gained 1 pp: not enough to judge
+    StopRule(mode="budget", floor=90, history=one).check(1, 70)      # 70 + 30 (default) >= 90
+    with pytest.raises(StopTrial):
+        StopRule(mode="budget", floor=90, history=one * 3).check(1, 70)   # 70 + 1 < 90
 
 
 def test_halving_stops_below_the_median_of_peers():

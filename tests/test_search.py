@@ -113,7 +113,11 @@ def test_study_is_a_plain_optuna_study(finished_run):
     assert study.metric_names == ["accuracy", "latency_ms", "size_mb"]
     assert len(study.trials) == 5
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert all(set(t.constraints or []) is not None for t in done)
+    records = {json.loads(line)["number"]: json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()}
+    for t in done:  # the budget (max_accuracy_drop 50) is told to Optuna as a relative violation
+        acc = records[t.number]["metrics"]["accuracy"]
+        floor = json.loads((run / "base.json").read_text())["metrics"]["accuracy"] - 50.0
+        assert t.constraints == {"accuracy": pytest.approx((floor - acc) / floor, abs=1e-5)}
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_config_dict):

@@ -79,7 +79,7 @@ def test_a_size_stop_is_told_to_optuna_as_infeasible_with_its_figures(tmp_path, 
     search.search()
     record = json.loads((tmp_path / "run" / "trials.jsonl").read_text().splitlines()[0])
     assert record["stopped"]["stage"] == "structure" and record["feasible"] is False
-    assert record["constraints"]["size"] == pytest.approx(record["metrics"]["size_mb"] - 1.0, abs=1e-6)
+    assert record["constraints"]["size"] == pytest.approx(record["metrics"]["size_mb"] / 1.0 - 1.0, abs=1e-5)
     study = optuna.load_study(study_name=config.search.study_name, storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
     assert max(study.trials[0].constraints.values()) > 0
