@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=2000, help="images per split cap (train is split 75/25 into train/val)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--kd-epochs", type=int, default=2, help="upper end of the fine-tune epochs range of the arms")
-    parser.add_argument("--speed-wall", type=float, default=300.0, help="seconds per run of the spend-the-night comparison (0: skip)")
+    parser.add_argument("--speed-wall", type=float, default=360.0, help="seconds per run of the spend-the-night comparison (0: skip)")
     parser.add_argument("--no-peer", action="store_true", help="skip the NNCF rows (also skipped without openvino/nncf)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "proof")
     args = parser.parse_args(argv)
