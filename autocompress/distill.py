@@ -16,7 +16,7 @@ def kd_loss(teacher: torch.nn.Module | None, *, temperature: float, alpha: float
 
     ``alpha * T² * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy`` (Hinton et al.),
     plus ``extra()`` when given (e.g. a feature-matching term). Without a teacher, or with
-    ``alpha == 0``, plain cross-entropy.
+    ``alpha == 0``, plain cross-entropy (the teacher still runs when given, for ``extra``).
 
     Args:
         teacher: The frozen base model (eval mode, on the training device), or ``None``.
@@ -26,9 +26,10 @@ def kd_loss(teacher: torch.nn.Module | None, *, temperature: float, alpha: float
     """
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, labels)
-        if teacher is not None and alpha > 0:
+        if teacher is not None:  # run even with alpha 0: the teacher's forward hooks may feed ``extra``
             with torch.no_grad():
                 soft = teacher(inputs)
+        if teacher is not None and alpha > 0:
             kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(soft / temperature, 1),
                           reduction="batchmean", log_target=True) * temperature * temperature
             loss = alpha * kd + (1 - alpha) * loss

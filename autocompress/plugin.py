@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -77,9 +78,9 @@ class TrialContext:
         seed: Seed for any randomness.
         batch_size: Batch size for training and calibration.
         threads: Thread count of the target device.
-        report: Callback ``report(step, accuracy)`` after each fine-tuning epoch (accuracy in %
-            on a validation slice). It may raise :class:`autocompress.early_stop.StopTrial` to
-            end the trial early: let it propagate.
+        report: Callback ``report(step, accuracy, final=False)`` after each fine-tuning epoch
+            (accuracy in % on a validation slice; ``final`` for the stage's last epoch). It may
+            raise :class:`autocompress.early_stop.StopTrial` to end the trial early: let it propagate.
         log: Callback for one line of progress.
         structure_only: Only latency and size will be measured (a cheap probe): skip training.
     """
@@ -93,16 +94,22 @@ class TrialContext:
     seed: int = 0
     batch_size: int = 64
     threads: int = 2
-    report: Callable[[int, float], None] = lambda step, acc: None
+    report: Callable[..., None] = lambda step, acc, final=False: None
     log: Callable[[str], None] = lambda line: None
     structure_only: bool = False
 
-    def report_epoch(self, epoch: int, model: torch.nn.Module) -> None:
-        """An ``on_epoch`` callback for :func:`autocompress.models.fit`: reports top-1 on a
-        512-image validation slice after epoch ``epoch`` (0-based) through :attr:`report`."""
+    def epoch_reporter(self, epochs: float) -> Callable[[int, torch.nn.Module], None]:
+        """An ``on_epoch`` callback for :func:`autocompress.models.fit` over ``epochs`` epochs: reports
+        top-1 on a 512-image validation slice after each epoch through :attr:`report`."""
         from autocompress.measure import module_predictor, top1
 
-        self.report(epoch + 1, top1(module_predictor(model, self.device), self.data.val, limit=512))
+        last = max(1, math.ceil(epochs))
+
+        def on_epoch(epoch: int, model: torch.nn.Module) -> None:
+            accuracy = top1(module_predictor(model, self.device), self.data.val, limit=512)
+            self.report(epoch + 1, accuracy, final=epoch + 1 >= last)
+
+        return on_epoch
 
 
 class Plugin(abc.ABC):

@@ -166,9 +166,10 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history)
     offset = [0]
 
-    def report(step: int, accuracy: float) -> None:
+    def report(step: int, accuracy: float, final: bool = False) -> None:
         curve.append([offset[0] + step, round(float(accuracy), 4)])
-        rule.check(offset[0] + step, float(accuracy))
+        if not final:  # stopping after the last epoch saves nothing and loses the measured point
+            rule.check(offset[0] + step, float(accuracy))
 
     def context(structure_only: bool, folder: Path) -> TrialContext:
         folder.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ class Int8QAT(Plugin):
             if not ctx.structure_only:  # a latency/size probe: the trained values do not matter
                 fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
                     device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
-                    on_epoch=ctx.report_epoch, weight_decay=0.0)
+                    on_epoch=ctx.epoch_reporter(cfg.epochs), weight_decay=0.0)
         finally:
             for act in acts:
                 act.remove()

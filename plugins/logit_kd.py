@@ -74,7 +74,7 @@ class LogitKD(Plugin):
                           extra=(lambda: cfg.feature_weight * features.loss()) if features is not None else None)
         try:
             out = fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                      device=ctx.device, loss_fn=loss_fn, on_epoch=ctx.report_epoch)
+                      device=ctx.device, loss_fn=loss_fn, on_epoch=ctx.epoch_reporter(cfg.epochs))
         finally:
             if features is not None:
                 features.remove()

@@ -91,4 +91,4 @@ class StudentKD(Plugin):
             return student.eval()
         return fit(student, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
                    device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
-                   on_epoch=ctx.report_epoch).cpu()
+                   on_epoch=ctx.epoch_reporter(cfg.epochs)).cpu()
