@@ -187,8 +187,11 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     if trains and config.search.structure_first:  # cheap figures first: structure only, no training
         t0 = time.perf_counter()
         ctx = context(True, work / "probe")
-        result = _apply([s for s in steps if s[3].changes_structure], copy.deepcopy(teacher), ctx, durations={})
-        probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=_params(result))
+        structural = [s for s in steps if s[3].changes_structure]
+        module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={})
+        result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={})
+        probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module))
+        probe.pop("timings")
         durations["structure_first"] = round(time.perf_counter() - t0, 3)
         out["probe"] = probe["metrics"]
         verdict = structure_verdict(probe["metrics"], config)

@@ -62,6 +62,7 @@ def test_a_structure_over_the_latency_budget_never_starts_its_fine_tune(prepared
     assert record["stopped"]["stage"] == "structure" and "latency" in record["stopped"]["reason"]
     assert "distill" not in record["durations"] and record["curve"] == []   # the KD never ran
     assert record["metrics"] == record["probe"] and record["metrics"]["latency_ms"] > 0
+    assert 0 < record["metrics"]["params"] < prepared.base["metrics"]["params"] and "timings" not in record
     assert record["artefact"] is None
     # the same trial within budget runs its fine-tune and keeps both the probe's and the final figures
     full = run_trial(_spec(prepared, 1, PRUNE_KD, search_cfg={"cache": False}))
