@@ -41,7 +41,7 @@ class RunData:
 
     @property
     def stopped(self) -> list[dict]:
-        return [r for r in self.records if r["state"] == "pruned" or r.get("stopped")]
+        return [r for r in self.records if r.get("stopped")]  # fine-tune stops (pruned) and structure stops
 
     @property
     def front_numbers(self) -> set[int]:

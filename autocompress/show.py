@@ -54,7 +54,7 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
     key, reverse = keys[sort]
     rows.sort(key=lambda r: r["metrics"][key], reverse=reverse)
     failed = sum(r["state"] == "fail" for r in records)
-    stopped = sum(r["state"] == "pruned" or bool(r.get("stopped")) for r in records)
+    stopped = sum(bool(r.get("stopped")) for r in records)  # fine-tune stops (pruned) and structure stops
     infeasible = sum(r["state"] == "complete" and not r.get("feasible") for r in records)
     caption = None
     if pareto.get("throughput"):

@@ -227,17 +227,12 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
             "rule": stop.rule, "reason": stop.reason})
         return out
-    params_count = _params(result) if isinstance(result, torch.nn.Module) else _params(model)
     record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
-                     params=params_count if params_count else count_params(teacher))
+                     params=count_params(result if isinstance(result, torch.nn.Module) else model))
     record.update(out)
     durations.update(record.pop("timings"))
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))
     return record
-
-
-def _params(result: Any) -> int | None:
-    return count_params(result) if isinstance(result, torch.nn.Module) else None
 
 
 def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, durations: dict,

@@ -158,10 +158,11 @@ class Reference:
 
 def summarise(run_dir: Path, ref: Reference, wall: float) -> dict:
     from autocompress.pareto import hypervolume
+    from autocompress.results import RunFolder
 
     pareto = json.loads((run_dir / "pareto.json").read_text())
     base_accuracy = pareto["base"]["accuracy"]  # this run's validation split
-    records = [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines() if line.strip()]
+    records = RunFolder(run_dir).trials()
     front = pareto["front"]
     full = {r["number"]: r for r in records}
     pts = [ref.point(full.get(r["number"], r), base_accuracy) for r in front]
@@ -177,7 +178,7 @@ def summarise(run_dir: Path, ref: Reference, wall: float) -> dict:
     return {
         "hypervolume": round(hypervolume(pts, [1.0, 1.0, 1.0]), 5), "wall_s": wall,
         "finished": pareto["trials_finished"], "failed": pareto["trials_failed"],
-        "stopped": sum(1 for r in records if r["state"] == "pruned" or r.get("stopped")),
+        "stopped": sum(bool(r.get("stopped")) for r in records),
         "front": len(front), "best_within_1pp": best, "throughput": pareto.get("throughput"),
         "front_points": [[r["metrics"]["accuracy"], round(ref.latency_x(full.get(r["number"], r)), 4),
                           r["metrics"]["size_mb"], r["metrics"]["runtime"]] for r in front],
@@ -210,12 +211,13 @@ def remeasure_front(run_dir: Path, threads: int = 2) -> list[dict]:
     from autocompress.data import load_data
     from autocompress.measure import measure_latency
     from autocompress.plugin import Artefact
+    from autocompress.results import RunFolder
     from autocompress.runtimes import get_runtime
 
     config = load_config(run_dir / "config.yaml")
     data = load_data(config.data, config.model.img_size)
     pareto = json.loads((run_dir / "pareto.json").read_text())
-    records = {json.loads(l)["number"]: json.loads(l) for l in (run_dir / "trials.jsonl").read_text().splitlines() if l}
+    records = {r["number"]: r for r in RunFolder(run_dir).trials()}
     out = []
     for row in pareto["front"]:
         m = row["metrics"]
