@@ -181,6 +181,8 @@ class SearchConfig(_Strict):
         early_stop: Multi-fidelity stopping on the fine-tune's per-epoch accuracy: ``none``;
             ``budget`` stops a trial that cannot reach the accuracy floor (base minus the
             allowed drop) given the largest gain finished trials made after the same epoch;
+            ``front`` (default) also stops one that, at best, a feasible finished trial already
+            beats in accuracy, latency and size (its structure was measured before training);
             ``halving`` also stops one below the median of finished trials at the same epoch.
         cache: Reuse a pruned and fine-tuned float model across trials that differ only in
             later stages (content-addressed, hash-verified, under ``RUN/cache``).
@@ -201,7 +203,7 @@ class SearchConfig(_Strict):
     warm_start: bool = True
     structure_first: bool = True
     latency_margin: float = Field(default=0.1, ge=0.0, le=10.0)
-    early_stop: Literal["none", "budget", "halving"] = "budget"
+    early_stop: Literal["none", "budget", "front", "halving"] = "front"
     cache: bool = True
     cache_mb: float = Field(default=2000.0, ge=0.0)
 

@@ -116,12 +116,14 @@ class Search:
         load_data(self.config.data, self.config.model.img_size)
 
     def _stop_inputs(self) -> dict:
-        """The accuracy floor and the finished trials' curves, for early stopping inside a trial."""
+        """The accuracy floor, the finished trials' curves and the front, for early stopping inside a trial."""
         drop = self.config.budget.max_accuracy_drop
         floor = None if drop is None or self.base is None else self.base["metrics"]["accuracy"] - drop
         history = [r["curve"] for r in self.records.values()
-                   if r["state"] == "complete" and r.get("curve") and not r.get("stopped")]
-        return {"floor": floor, "history": history}
+                   if r["state"] == "complete" and r.get("curve") and not r.get("stopped")
+                   and not (r.get("cache") or {}).get("hit")]  # a reused fine-tune repeats its curve
+        feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
+        return {"floor": floor, "history": history, "front": [objective_values(r) for r in front(feasible)]}
 
     def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
         return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),

@@ -6,11 +6,18 @@ the curves that fine-tuning plugins report (``ctx.report(step, accuracy)``):
 * ``none``: never stop.
 * ``budget``: stop when the accuracy reached at a step, plus the largest gain any finished trial
   made from that step to its end, stays below the accuracy floor (base accuracy minus the allowed
-  drop): the trial cannot become feasible. Until ``min_history`` finished curves reached that step
-  the gain assumed is ``default_gain_pp`` (30 pp: fine-tunes with a one-cycle schedule gain much
+  drop): the trial cannot become feasible. Only curves on the same schedule count (ending at the
+  step this fine-tune will end at). Until ``min_history`` such curves reached that step the gain
+  assumed is ``default_gain_pp`` (30 pp: fine-tunes with a one-cycle schedule gain much
   after their first epoch, so the rule only stops hopeless trials before it has learned more).
-* ``halving``: ``budget``, and also stop a trial below the median of finished trials at the same
-  step once at least ``min_history`` of them reached it (successive-halving style).
+* ``front`` (the default): ``budget``, and also stop a trial that cannot reach the Pareto front.
+  Its latency and size are known before it trains (the structure probe), so it is hopeless when
+  a feasible finished trial is at least as accurate as its best case (accuracy now plus the
+  largest gain seen after this step), at least ``latency_margin`` faster and no larger: it
+  could never add to the front. The multi-objective form of "far behind finished trials".
+* ``halving``: ``front``, and also stop a trial below the median of finished trials at the same
+  step once at least ``min_history`` of them reached it (successive-halving style; biased
+  against heavily pruned trials, which start lower).
 """
 
 from __future__ import annotations
@@ -34,12 +41,17 @@ class StopRule:
     """A stopping rule for one trial.
 
     Attributes:
-        mode: ``none``, ``budget`` or ``halving``.
+        mode: ``none``, ``budget``, ``front`` or ``halving``.
         floor: Accuracy floor in percent (``None`` = no accuracy budget).
         history: Curves of finished trials, each ``[[step, accuracy], ...]``.
         default_gain_pp: Gain assumed possible after a step until ``min_history`` finished curves reached it.
         min_history: Finished curves needed at a step before their gains (``budget``) or their
             median (``halving``) are used.
+        front: ``[accuracy %, latency ms, size MB]`` of the feasible finished trials on the front.
+        position: ``(latency ms, size MB)`` this trial's structure measured before training;
+            ``None`` = unknown (no ``front`` stop).
+        latency_margin: How much faster (fraction) a front point must be to count as faster,
+            so latency noise in the probe does not stop a trial.
     """
 
     mode: str = "none"
@@ -47,26 +59,51 @@ class StopRule:
     history: list[list[list[float]]] = field(default_factory=list)
     default_gain_pp: float = 30.0
     min_history: int = 3
+    front: list[list[float]] = field(default_factory=list)
+    position: tuple[float, float] | None = None
+    latency_margin: float = 0.1
 
-    def max_gain(self, step: int) -> float:
+    def _peers(self, last: int | None) -> list[list[list[float]]]:
+        """Finished curves on the same schedule: ending at ``last`` (all curves when unknown).
+
+        A one-cycle fine-tune of 3 epochs is at its peak learning rate after epoch 1, one of 2
+        epochs already cooling: their accuracy at a step, and the gain after it, differ.
+        """
+        return [c for c in self.history if c and (last is None or c[-1][0] == last)]
+
+    def max_gain(self, step: int, last: int | None = None) -> float:
         gains = []
-        for curve in self.history:
+        for curve in self._peers(last):
             at = [acc for s, acc in curve if s == step]
-            if at and curve:
+            if at:
                 gains.append(curve[-1][1] - at[0])
         return max(gains) if len(gains) >= self.min_history else self.default_gain_pp
 
-    def check(self, step: int, accuracy: float) -> None:
-        """Raises :class:`StopTrial` when the rule says the trial should stop."""
+    def check(self, step: int, accuracy: float, last: int | None = None) -> None:
+        """Raises :class:`StopTrial` when the rule says the trial should stop.
+
+        Args:
+            step: The step (epoch) just finished.
+            accuracy: Top-1 % on the validation slice after it.
+            last: The step the fine-tune will end at; only finished curves ending there are compared.
+        """
         if self.mode == "none":
             return
         if self.floor is not None:
-            gain = max(self.max_gain(step), 0.0)
+            gain = max(self.max_gain(step, last), 0.0)
             if accuracy + gain < self.floor:
                 raise StopTrial(step, accuracy, f"cannot reach the accuracy floor {self.floor:.2f}%: "
                                                 f"{accuracy:.2f}% at step {step}, at most +{gain:.2f} pp seen after it")
+        if self.mode in ("front", "halving") and self.position is not None:
+            best = accuracy + max(self.max_gain(step, last), 0.0)
+            latency, size = self.position
+            for acc, lat, mb in self.front:
+                if acc >= best and lat <= latency * (1 - self.latency_margin) and mb <= size:
+                    raise StopTrial(step, accuracy, f"cannot reach the front: at best {best:.2f}% at {latency:.3f} ms, "
+                                                    f"{size:.2f} MB; a finished trial has {acc:.2f}% at {lat:.3f} ms, "
+                                                    f"{mb:.2f} MB", rule="front")
         if self.mode == "halving":
-            peers = [acc for curve in self.history for s, acc in curve if s == step]
+            peers = [acc for curve in self._peers(last) for s, acc in curve if s == step]
             if len(peers) >= self.min_history and accuracy < statistics.median(peers):
                 raise StopTrial(step, accuracy, f"behind finished trials: {accuracy:.2f}% at step {step} "
                                                 f"< median {statistics.median(peers):.2f}% of {len(peers)}", rule="halving")

@@ -78,9 +78,11 @@ class TrialContext:
         seed: Seed for any randomness.
         batch_size: Batch size for training and calibration.
         threads: Thread count of the target device.
-        report: Callback ``report(step, accuracy, final=False)`` after each fine-tuning epoch
-            (accuracy in % on a validation slice; ``final`` for the stage's last epoch). It may
-            raise :class:`autocompress.early_stop.StopTrial` to end the trial early: let it propagate.
+        report: Callback ``report(step, accuracy, final=False, last=None)`` after each fine-tuning
+            epoch (accuracy in % on a validation slice; ``final`` for the stage's last epoch;
+            ``last``: the stage's last step, so the trial is compared with curves of the same
+            schedule). It may raise :class:`autocompress.early_stop.StopTrial` to end the trial
+            early: let it propagate.
         log: Callback for one line of progress.
         structure_only: Only latency and size will be measured (a cheap probe): skip training.
     """
@@ -94,7 +96,7 @@ class TrialContext:
     seed: int = 0
     batch_size: int = 64
     threads: int = 2
-    report: Callable[..., None] = lambda step, acc, final=False: None
+    report: Callable[..., None] = lambda step, acc, final=False, last=None: None
     log: Callable[[str], None] = lambda line: None
     structure_only: bool = False
 
@@ -107,7 +109,7 @@ class TrialContext:
 
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
             accuracy = top1(module_predictor(model, self.device), self.data.val, limit=512)
-            self.report(epoch + 1, accuracy, final=epoch + 1 >= last)
+            self.report(epoch + 1, accuracy, final=epoch + 1 >= last, last=last)
 
         return on_epoch
 
@@ -130,6 +132,9 @@ class Plugin(abc.ABC):
         fine_tunes: Whether it trains (minutes, not seconds): such trials have their structure
             measured first and may be stopped early (it must skip training when
             ``ctx.structure_only`` and report per-epoch accuracy through ``ctx.report``).
+        probe_ignores: ``Config`` fields that change the weights but not the structure
+            (calibration, a fine-tune's schedule): trials that differ only in them share one
+            structure probe of latency and size.
     """
 
     name: ClassVar[str]
@@ -139,6 +144,7 @@ class Plugin(abc.ABC):
     runtimes: ClassVar[frozenset[str] | None] = None
     changes_structure: ClassVar[bool] = True
     fine_tunes: ClassVar[bool] = False
+    probe_ignores: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, *, config: PluginConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -96,6 +96,9 @@ def contract_problem(cls: type) -> str | None:
     required = [f for f, info in config.model_fields.items() if info.is_required()]
     if required:
         return f"{name}: Config fields need defaults: {', '.join(required)}"
+    unknown = set(getattr(cls, "probe_ignores", ())) - set(config.model_fields)
+    if unknown:
+        return f"{name}: probe_ignores names fields its Config lacks: {', '.join(sorted(unknown))}"
     from autocompress.search_space import check_plugin_space
 
     try:

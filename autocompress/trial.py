@@ -55,6 +55,7 @@ class TrialSpec:
         keep_artefact: Keep the saved artefact under ``trials/<number>/``.
         floor: Accuracy floor in % for early stopping (base minus the allowed drop).
         history: Per-epoch curves ``[[step, accuracy], ...]`` of finished trials, for early stopping.
+        front: ``[accuracy, latency ms, size MB]`` of the feasible trials on the front, for early stopping.
     """
 
     number: int
@@ -66,6 +67,7 @@ class TrialSpec:
     keep_artefact: bool = True
     floor: float | None = None
     history: list = field(default_factory=list)
+    front: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,13 +165,14 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         steps = [step for step in steps if step[3].changes_structure]
     curve: list[list[float]] = []
     durations: dict[str, float] = {}
-    rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history)
+    rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
+                    latency_margin=config.search.latency_margin)
     offset = [0]
 
-    def report(step: int, accuracy: float, final: bool = False) -> None:
+    def report(step: int, accuracy: float, final: bool = False, last: int | None = None) -> None:
         curve.append([offset[0] + step, round(float(accuracy), 4)])
         if not final:  # stopping after the last epoch saves nothing and loses the measured point
-            rule.check(offset[0] + step, float(accuracy))
+            rule.check(offset[0] + step, float(accuracy), last=None if last is None else offset[0] + last)
 
     def context(structure_only: bool, folder: Path) -> TrialContext:
         folder.mkdir(parents=True, exist_ok=True)
@@ -186,14 +189,22 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
 
     if trains and config.search.structure_first:  # cheap figures first: structure only, no training
         t0 = time.perf_counter()
-        ctx = context(True, work / "probe")
         structural = [s for s in steps if s[3].changes_structure]
-        module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={})
-        result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={})
-        probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module))
-        probe.pop("timings")
+        probes = _ProbeMemo(spec.run_dir, runtime.name, structural) if config.search.cache else None
+        probe = probes.get() if probes else None
+        if probe is None:
+            ctx = context(True, work / "probe")
+            module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={})
+            result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={})
+            probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module))
+            probe.pop("timings")
+            if probes:
+                probes.put(probe, spec.number)
+        else:
+            out["probe_from"] = probe.pop("trial")
         durations["structure_first"] = round(time.perf_counter() - t0, 3)
         out["probe"] = probe["metrics"]
+        rule.position = (probe["metrics"]["latency_ms"], probe["metrics"]["size_mb"])
         verdict = structure_verdict(probe["metrics"], config)
         if verdict:
             probe.update(out, artefact=None, stopped={"stage": "structure", "reason": verdict})
@@ -256,6 +267,34 @@ def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, 
         if isinstance(result, torch.nn.Module):
             result = result.cpu().eval()
     return result
+
+
+class _ProbeMemo:
+    """Figures of structures already probed in this run, by base, runtime and structural steps.
+
+    Latency and size depend on the structure alone, so a later trial with the same pruning and
+    quantization (parameters in a plugin's ``probe_ignores`` aside) reuses them instead of
+    building and timing the same artefact again.
+    """
+
+    def __init__(self, run_dir: str, runtime: str, structural: list) -> None:
+        shape = [[st.value, n, {k: v for k, v in cls.Config.model_validate(p).model_dump(mode="json").items()
+                                if k not in cls.probe_ignores}] for st, n, p, cls in structural]
+        key = content_key(_base_id(run_dir), runtime, shape)
+        self.path = Path(run_dir) / "cache" / "probes" / f"{key}.json"
+
+    def get(self) -> dict | None:
+        try:
+            probe = json.loads(self.path.read_text())
+            return probe if {"metrics", "trial"} <= probe.keys() else None
+        except (OSError, ValueError):  # missing or unreadable: probe again
+            return None
+
+    def put(self, probe: dict, trial: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{trial}.tmp")
+        tmp.write_text(json.dumps({**probe, "trial": trial}))
+        tmp.replace(self.path)
 
 
 def structure_verdict(metrics: dict, config: RunConfig) -> str | None:

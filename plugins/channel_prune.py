@@ -69,6 +69,7 @@ class ChannelPrune(Plugin):
         "ratio": {"low": 0.2, "high": 0.7, "step": 0.1},
         "importance": ["l2", "l1"],
     }
+    probe_ignores = frozenset({"finetune_epochs"})
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Prunes ``model`` in place and returns it (in eval mode, on the CPU).

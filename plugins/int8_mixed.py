@@ -54,6 +54,7 @@ class Int8Mixed(Plugin):
         per_channel: bool = True
 
     search_space = {f"stage{i}": ["int8", "float"] for i in range(STAGES)}
+    probe_ignores = frozenset({"calibration", "calibration_batches"})
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Exports ``model``, maps its nodes to stages and quantizes the int8 stages.

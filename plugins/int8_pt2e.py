@@ -45,6 +45,7 @@ class Int8PT2E(Plugin):
     search_space = {
         "calibration_batches": {"low": 2, "high": 16, "step": 2},
     }
+    probe_ignores = frozenset({"calibration_batches"})
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Quantizes ``model`` with PT2E and saves it as an int8 ``torch.export`` program.

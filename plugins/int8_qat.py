@@ -76,6 +76,7 @@ class Int8QAT(Plugin):
         "lr": {"low": 3e-5, "high": 1e-3, "log": True},
         "alpha": {"low": 0.0, "high": 0.9},
     }
+    probe_ignores = frozenset({"epochs", "lr", "alpha", "temperature", "ema", "calibration", "calibration_batches"})
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Fine-tunes ``model`` with fake int8 quantization and saves it as an int8 ONNX model.

@@ -67,6 +67,7 @@ class Int8Static(Plugin):
         "calibration": ["minmax", "percentile"],
         "calibration_batches": {"low": 2, "high": 16, "step": 2},
     }
+    probe_ignores = frozenset({"calibration", "percentile", "calibration_batches", "moving_average"})
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Exports ``model`` to ONNX, calibrates on training batches and quantizes it.

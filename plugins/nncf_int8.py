@@ -60,6 +60,7 @@ class NncfInt8(Plugin):
         "fast_bias_correction": [True, False],
         "ignore_first_last": [False, True],
     }
+    probe_ignores = frozenset({"subset_size", "fast_bias_correction"})
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Converts ``model`` to OpenVINO, quantizes it with NNCF and saves the IR.

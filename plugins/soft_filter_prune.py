@@ -105,7 +105,7 @@ class SoftFilterPrune(Plugin):
             zeroed = soft_prune(net, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to,
                                 max_layer_ratio=cfg.max_layer_ratio)
             acc = top1(module_predictor(net, ctx.device), ctx.data.val, limit=512)
-            ctx.report(epoch + 1, acc, final=epoch + 1 >= math.ceil(cfg.epochs))
+            ctx.report(epoch + 1, acc, final=epoch + 1 >= math.ceil(cfg.epochs), last=math.ceil(cfg.epochs))
             ctx.log(f"soft_filter_prune: epoch {epoch + 1}: {zeroed} channels zeroed, val top-1 {acc:.2f}")
 
         # As in the authors' code: zero once before training, then after every epoch.

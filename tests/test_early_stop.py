@@ -36,3 +36,39 @@ def test_halving_stops_below_the_median_of_peers():
     with pytest.raises(StopTrial, match="behind finished trials"):
         rule.check(1, 71)
     rule.check(3, 10)                       # nobody reached step 3: no comparison
+
+
+def test_front_stops_a_trial_a_finished_one_beats_at_its_best():
+    history = [[[1, 70], [2, 72]]] * 3                      # +2 pp seen after step 1
+    rule = StopRule(mode="front", history=history, front=[[80.0, 0.5, 2.0]], position=(1.0, 2.0))
+    with pytest.raises(StopTrial) as err:
+        rule.check(1, 77)                                    # at best 79 % at 1 ms, 2 MB: beaten
+    assert err.value.rule == "front" and "cannot reach the front" in err.value.reason
+    rule.check(1, 79)                                        # at best 81 %: could be on the front
+
+
+def test_front_needs_a_point_faster_by_the_margin_and_no_larger():
+    history = [[[1, 70], [2, 70]]] * 3
+    close = StopRule(mode="front", history=history, front=[[90.0, 0.95, 1.0]], position=(1.0, 2.0))
+    close.check(1, 50)                                       # 5 % faster is within latency noise
+    larger = StopRule(mode="front", history=history, front=[[90.0, 0.5, 3.0]], position=(1.0, 2.0))
+    larger.check(1, 50)                                      # faster but larger: not dominated
+    unknown = StopRule(mode="front", history=history, front=[[90.0, 0.5, 1.0]], position=None)
+    unknown.check(1, 50)                                     # no probe: latency unknown
+    budget = StopRule(mode="budget", history=history, front=[[90.0, 0.5, 1.0]], position=(1.0, 2.0))
+    budget.check(1, 50)                                      # the front rule is not part of `budget`
+    with pytest.raises(StopTrial) as err:
+        StopRule(mode="halving", history=history, front=[[90.0, 0.5, 1.0]], position=(1.0, 2.0)).check(1, 50)
+    assert err.value.rule == "front"                         # `halving` includes it
+
+
+def test_only_curves_on_the_same_schedule_are_compared():
+    two_epochs = [[[1, 80], [2, 81]]] * 3                 # 2-epoch fine-tunes gained 1 pp after epoch 1
+    rule = StopRule(mode="budget", floor=90, history=two_epochs)
+    with pytest.raises(StopTrial):
+        rule.check(1, 70, last=2)                           # same schedule: 70 + 1 < 90
+    rule.check(1, 70, last=3)                               # a 3-epoch one-cycle run: no peers, 30 pp assumed
+    three_epochs = two_epochs + [[[1, 60], [2, 75], [3, 85]]] * 3
+    with pytest.raises(StopTrial, match=r"\+25\.00 pp"):
+        StopRule(mode="budget", floor=90, history=three_epochs).check(1, 64, last=3)   # 64 + 25 < 90
+    StopRule(mode="budget", floor=90, history=three_epochs).check(1, 66, last=3)      # 66 + 25 >= 90

@@ -52,6 +52,8 @@ def test_unknown_plugin_lists_the_known_ones(tmp_path):
     (lambda s: s.replace("stage = Stage.PRUNE", "stage = 'pruning'"), "stage must be one of prune, distill, quantize"),
     (lambda s: s.replace('name = "halve_a"', 'name = "Halve A"'), "name must be a lower_snake_case string"),
     (lambda s: s + "\nraise RuntimeError('boom')\n", "failed to import: RuntimeError: boom"),
+    (lambda s: s.replace("    def apply", "    probe_ignores = frozenset({'amount', 'seed'})\n    def apply"),
+     "probe_ignores names fields its Config lacks: seed"),
 ])
 def test_broken_plugins_are_rejected_when_they_register(tmp_path, mutation, expected):
     _write(tmp_path, "halve", mutation(GOOD.format(n="a")))

@@ -136,3 +136,55 @@ def test_a_cached_fine_tune_is_reused_and_a_corrupt_entry_is_rebuilt(prepared):
     assert third["durations"]["distill"] > 0                # trained again, not trusted
     fourth = run_trial(_spec(prepared, 13, int8))           # the rebuilt entry is whole again
     assert fourth["cache"]["hit"] is True and fourth["cache"]["from_trial"] == 12
+
+
+def test_a_probed_structure_is_reused_and_a_bad_memo_probed_again(prepared):
+    over = {"max_latency_ms": 1e-6}                         # every structure stops at the probe
+    pruned = dict(PRUNE_KD, prune=["channel_prune", {"ratio": 0.3}])
+    first = run_trial(_spec(prepared, 20, pruned, budget=over))
+    assert first["stopped"]["stage"] == "structure" and "probe_from" not in first
+    longer = dict(pruned, distill=["logit_kd", {"epochs": 1, "lr": 0.01}])   # same structure, other fine-tune
+    second = run_trial(_spec(prepared, 21, longer, budget=over))
+    assert second["probe_from"] == 20 and second["metrics"] == first["metrics"]   # not timed again
+    int8 = dict(pruned, quantize=["int8_static", {"calibration_batches": 2}])     # another structure
+    third = run_trial(_spec(prepared, 22, int8, budget=over))
+    assert "probe_from" not in third and third["metrics"]["precision"] == "int8"
+    assert run_trial(_spec(prepared, 23, int8, budget=over, search_cfg={"cache": False})).get("probe_from") is None
+    recalibrated = dict(pruned, quantize=["int8_static", {"calibration_batches": 4, "calibration": "percentile"}])
+    assert run_trial(_spec(prepared, 25, recalibrated, budget=over))["probe_from"] == 22   # calibration: not structure
+    per_tensor = dict(pruned, quantize=["int8_static", {"calibration_batches": 2, "per_channel": False}])
+    assert "probe_from" not in run_trial(_spec(prepared, 26, per_tensor, budget=over))
+
+    memo = {json.loads(p.read_text())["trial"]: p for p in (prepared.run.path / "cache" / "probes").glob("*.json")}
+    memo[20].write_text("{not json")
+    again = run_trial(_spec(prepared, 24, pruned, budget=over))
+    assert "probe_from" not in again and again["metrics"]["size_bytes"] == first["metrics"]["size_bytes"]
+    assert json.loads(memo[20].read_text())["trial"] == 24
+
+
+def test_a_trial_that_cannot_reach_the_front_stops(prepared):
+    flat = [[[1, 50.0], [2, 50.0], [3, 50.0]]] * 3          # finished trials gained nothing after epoch 1
+    better = [[100.0, 1e-6, 1e-6]]                           # a feasible front point better everywhere
+    stopped = run_trial(_spec(prepared, 30, PRUNE_KD, search_cfg={"early_stop": "front", "cache": False},
+                              history=flat, front=better))
+    assert stopped["state"] == "pruned" and stopped["stopped"]["rule"] == "front"
+    assert stopped["stopped"]["step"] == 1 and "cannot reach the front" in stopped["reason"]
+    budget_only = run_trial(_spec(prepared, 31, PRUNE_KD, search_cfg={"early_stop": "budget", "cache": False},
+                                  history=flat, front=better))
+    assert budget_only["state"] == "complete" and len(budget_only["curve"]) == 3
+
+
+def test_the_front_handed_to_trials_holds_feasible_finished_trials_only(prepared):
+    def rec(n, acc, lat, mb, feasible, state="complete"):
+        return {"number": n, "state": state, "feasible": feasible, "curve": [[1, acc]],
+                "metrics": {"accuracy": acc, "latency_ms": lat, "size_mb": mb}}
+
+    saved = dict(prepared.records)
+    try:
+        prepared.records.clear()
+        prepared.records.update({0: rec(0, 90, 1.0, 4.0, True), 1: rec(1, 95, 0.5, 2.0, False),
+                                 2: rec(2, 80, 2.0, 8.0, True), 3: rec(3, 85, 0.5, 1.0, False, "pruned")})
+        assert prepared._stop_inputs()["front"] == [[90.0, 1.0, 4.0]]   # 2 is dominated, 1 and 3 do not count
+    finally:
+        prepared.records.clear()
+        prepared.records.update(saved)
