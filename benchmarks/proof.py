@@ -1,5 +1,5 @@
-"""Does the joint search beat single methods, random search and the peer? Does spending the night
-on promising trials pay? (issues: Proof; Spend the night; Match the best peer, part 5)
+"""Does the joint search beat single methods, random search and the peer? (issues: Proof; Match
+the best peer, part 5; spending the night is ``spend.py``)
 
 On the shared base ``../shared/models/resnet18-cifar10.pth`` (timm resnet18, CIFAR-10, 32x32, no
 re-training), a CIFAR-10 subset (``--samples`` images of train, split 75/25 into train/val, and
@@ -15,11 +15,6 @@ re-training), a CIFAR-10 subset (``--samples`` images of train, split 75/25 into
        distill_only   logit distillation (+ a smaller student with student_kd)
 3. **The peer** (OpenVINO runtime): NNCF int8 alone, and the hand pipeline 50 % channel pruning +
    a short fine-tune (logit_kd, 2 epochs) + NNCF int8.
-4. **Spend the night** (``--speed-wall`` seconds per run and ``--speed-seeds``, ``--speed-samples``
-   images so fine-tunes cost what they cost in real use, a real budget: accuracy drop <= 3 pp,
-   size <= 12 MB, latency <= 0.75 x the ONNX Runtime base): the joint search with structure-first
-   stops, early stopping, the model cache and warm start, against the same search with all four
-   off. Trials decided per hour and the feasible front's hypervolume.
 
 Hypervolume: of the front over (accuracy, latency, size), every objective made base-relative and
 minimised: ((base top-1 - top-1) / 5 pp, latency / fastest base latency, size / base size), reference
@@ -30,7 +25,7 @@ repeatability (CV over repeated measurements of one artefact) and re-measurement
 artefacts in a fresh session vs their in-search figure.
 
     python benchmarks/proof.py                                   # ~60 min on 2 cores
-    python benchmarks/proof.py --seeds 0 --trials 2 --samples 400 --speed-wall 60 --speed-seeds 0 --speed-samples 400  # ~5 min
+    python benchmarks/proof.py --seeds 0 --trials 2 --samples 400  # ~4 min
 """
 
 from __future__ import annotations
@@ -80,14 +75,6 @@ PEERS = {
     "hand_pipeline": {"prune": {"channel_prune": {"ratio": 0.5}}, "distill": {"logit_kd": {"epochs": 2, "lr": 1e-3}},
                       "quantize": {"nncf_int8": {"subset_size": 512}}},
 }
-SPEED_SPACE = {
-    **ARMS["joint"][1], "distill": {"none": {}, "logit_kd": {"epochs": {"low": 1, "high": 3, "step": 1}, "lr": [3e-4, 1e-3]}},
-    "warm_start": [{"quantize": "int8_static"},
-                   {"prune": {"channel_prune": {"ratio": 0.5}}, "distill": {"logit_kd": {"epochs": 2}},
-                    "quantize": "int8_static"}],
-}
-FAST = {"structure_first": True, "early_stop": "budget", "cache": True, "warm_start": True}
-PLAIN = {"structure_first": False, "early_stop": "none", "cache": False, "warm_start": False}
 
 
 def run_config(args, seed: int, space_file: Path, *, sampler: str = "tpe", runtime="onnxruntime",
@@ -241,10 +228,6 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=2000, help="images per split cap (train is split 75/25 into train/val)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--kd-epochs", type=int, default=2, help="upper end of the fine-tune epochs range of the arms")
-    parser.add_argument("--speed-wall", type=float, default=480.0, help="seconds per run of the spend-the-night comparison (0: skip)")
-    parser.add_argument("--speed-seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--speed-samples", type=int, default=6000,
-                        help="images per split cap of the spend-the-night runs (fine-tunes long enough to matter)")
     parser.add_argument("--no-peer", action="store_true", help="skip the NNCF rows (also skipped without openvino/nncf)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "proof")
     args = parser.parse_args(argv)
@@ -290,21 +273,6 @@ def main(argv=None) -> int:
                               space)
             results.append({"group": "peer", "arm": peer, "seed": 0, **summarise(run_dir, ref, wall)})
             print(json.dumps({k: results[-1][k] for k in ("arm", "hypervolume", "wall_s", "finished", "failed")}))
-    # 4. spend the night: with and without structure-first, early stop, cache, warm start
-    if args.speed_wall > 0:
-        ort = ref.by_runtime["onnxruntime"]["latency_ms"]
-        budget = {"max_accuracy_drop": 3.0, "max_size_mb": 12.0, "max_latency_ms": round(0.75 * ort, 4)}
-        for seed in args.speed_seeds:
-            for name, flags in (("plain", PLAIN), ("fast", FAST)):
-                run_dir = args.out / f"speed-{name}-s{seed}"
-                cfg = run_config(args, seed, args.out / "space-speed.yaml", trials=100_000, timeout=args.speed_wall,
-                                 budget=budget, search=flags)
-                cfg["data"]["max_samples"] = args.speed_samples
-                wall = run_search(run_dir, cfg, SPEED_SPACE)
-                results.append({"group": "speed", "arm": name, "seed": seed, "budget": budget,
-                                **summarise(run_dir, ref, wall)})
-                print(json.dumps({k: results[-1][k] for k in ("arm", "seed", "hypervolume", "finished", "stopped")}))
-
     first = args.out / f"joint-s{args.seeds[0]}"
     rep, again = None, []
     if "joint" in args.arms:
@@ -381,27 +349,6 @@ def write_report(summary: dict, out: Path) -> None:
                         f"**{_ratio(joint, singles[best_single])}** (target ≥ 1.2x).")
         if "random" in arms:
             text.append(f"Joint vs random search: **{_ratio(joint, statistics.median(arms['random']))}** (target ≥ 1.1x).")
-    speed = [r for r in results if r["group"] == "speed"]
-    if speed:
-        b = speed[0]["budget"]
-        text += ["", f"Spend the night (same wall per run, {speed[0]['wall_s']:.0f} s; budget: accuracy drop ≤ "
-                     f"{b['max_accuracy_drop']} pp, size ≤ {b['max_size_mb']} MB, latency ≤ {b['max_latency_ms']} ms):", "",
-                 "| search | decided per hour median (per seed) | feasible-front hypervolume median (per seed) | "
-                 "stopped at structure / fine-tune | cache hits | time saved (estimate) |", "|---|---|---|---|---|---|"]
-        for name in ("plain", "fast"):
-            rs = [r for r in speed if r["arm"] == name]
-            tp = [r["throughput"] or {} for r in rs]
-            rates = [t.get("trials_per_hour") or 0 for t in tp]
-            hvs = [r["hypervolume"] for r in rs]
-            text.append(
-                f"| {name} | {statistics.median(rates):.0f} ({', '.join(f'{x:.0f}' for x in rates)}) | "
-                f"{statistics.median(hvs):.4f} ({', '.join(f'{x:.4f}' for x in hvs)}) | "
-                f"{sum(t.get('stopped_by_stage', {}).get('structure', 0) for t in tp)} / "
-                f"{sum(v for t in tp for k, v in t.get('stopped_by_stage', {}).items() if k != 'structure')} | "
-                f"{sum(t.get('cache_hits', 0) for t in tp)} | {sum(t.get('time_saved_s_estimate', 0) for t in tp) / 60:.1f} min |")
-        plain = statistics.median([(r["throughput"] or {}).get("trials_per_hour") or 0 for r in speed if r["arm"] == "plain"])
-        fast = statistics.median([(r["throughput"] or {}).get("trials_per_hour") or 0 for r in speed if r["arm"] == "fast"])
-        text.append(f"\nDecided per hour, fast vs plain: **{_ratio(fast, plain)}** (target ≥ 2x).")
     rep = summary.get("latency_repeatability")
     if rep:
         text += ["", f"Latency repeatability: {len(rep['medians_ms'])} measurements (5 rounds x 50 calls each) of one "

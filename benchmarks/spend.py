@@ -1,0 +1,136 @@
+"""Does spending the night on promising trials pay? (issue: Spend the night)
+
+The joint search (prune x distill x quantize, TPE) on the shared CIFAR-10 ResNet-18, with a real
+budget (accuracy drop <= 3 pp, size <= 12 MB, latency <= 0.75 x the ONNX Runtime base), run for
+the same wall-clock time and seeds twice:
+
+    plain   structure_first, early_stop, cache and warm_start all off
+    fast    structure_first on (with its per-run memo of probed structures), early_stop
+            ``front``, the fine-tuned model cache, warm start
+
+Reported per run: trials decided (finished or stopped) per hour, how many were stopped and
+where, cache and probe reuse, fine-tune epochs run, and the hypervolume of the feasible front
+(base-relative objectives, reference = the base 5 pp less accurate; see ``proof.py``).
+``--samples`` sets the CIFAR-10 images per split, so a fine-tune epoch costs what it costs in
+use (6,000: ~4,500 training images, ~10 s per KD epoch on 2 cores).
+
+    python benchmarks/spend.py                  # 2 seeds x 2 arms x 10 min = ~42 min on 2 cores
+    python benchmarks/spend.py --wall 60 --seeds 0 --samples 600   # ~3 min smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proof import (BASE_WEIGHTS, CIFAR, ROOT, Reference, _ratio, arms, run_config, run_search,  # noqa: E402
+                   summarise)
+
+SPACE = {
+    **arms()["joint"][1],
+    "distill": {"none": {}, "logit_kd": {"epochs": {"low": 1, "high": 3, "step": 1}, "lr": [3e-4, 1e-3]}},
+    "warm_start": [{"quantize": "int8_static"},
+                   {"prune": {"channel_prune": {"ratio": 0.5}}, "distill": {"logit_kd": {"epochs": 2}},
+                    "quantize": "int8_static"}],
+}
+ARMS = {
+    "plain": {"structure_first": False, "early_stop": "none", "cache": False, "warm_start": False},
+    "fast": {"structure_first": True, "early_stop": "front", "cache": True, "warm_start": True},
+}
+
+
+def run_figures(run_dir: Path) -> dict:
+    """Counts from a run's records that ``pareto.json`` does not hold."""
+    from autocompress.results import RunFolder
+
+    records = [r for r in RunFolder(run_dir).trials() if not r.get("interrupted")]
+    epochs = sum(len(r.get("curve") or []) for r in records if not (r.get("cache") or {}).get("hit"))
+    return {
+        "fine_tuned": sum(bool(r.get("durations", {}).get("distill")) for r in records),
+        "epochs_trained": epochs,
+        "probe_reused": sum("probe_from" in r for r in records),
+        "stopped_by_rule": {rule: sum((r.get("stopped") or {}).get("rule", "structure") == rule
+                                      for r in records if r.get("stopped"))
+                            for rule in ("structure", "floor", "front", "halving")},
+        "cancelled_at_limit": sum(r["state"] == "fail" and "time limit" in (r.get("reason") or "") for r in records),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wall", type=float, default=600.0, help="seconds per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--samples", type=int, default=6000, help="CIFAR-10 images per split cap")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "spend")
+    args = parser.parse_args(argv)
+    if not BASE_WEIGHTS.is_file() or not (CIFAR / "train").is_dir():
+        print(f"skipped: needs {BASE_WEIGHTS} and {CIFAR} (the shared base and CIFAR-10)")
+        return 0
+    from autocompress.machine import describe
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.trials = 1
+    t_start = time.time()
+    ref_dir = args.out / "reference"
+    run_search(ref_dir, run_config(args, 0, args.out / "space-reference.yaml", trials=1), {"quantize": {"none": {}}},
+               prepare_only=True)
+    ref = Reference(json.loads((ref_dir / "base.json").read_text()))
+    budget = {"max_accuracy_drop": 3.0, "max_size_mb": 12.0,
+              "max_latency_ms": round(0.75 * ref.by_runtime["onnxruntime"]["latency_ms"], 4)}
+    results = []
+    for seed in args.seeds:
+        for name, flags in ARMS.items():
+            run_dir = args.out / f"{name}-s{seed}"
+            cfg = run_config(args, seed, args.out / "space.yaml", trials=100_000, timeout=args.wall, budget=budget,
+                             search=flags)
+            wall = run_search(run_dir, cfg, SPACE)
+            results.append({"arm": name, "seed": seed, **summarise(run_dir, ref, wall), **run_figures(run_dir)})
+            print(json.dumps({k: results[-1][k] for k in ("arm", "seed", "hypervolume", "finished", "stopped",
+                                                          "fine_tuned", "epochs_trained")}))
+    summary = {"results": results, "budget": budget, "reference": {"by_runtime": ref.by_runtime},
+               "argv": sys.argv[1:], "machine": describe(2), "total_wall_s": round(time.time() - t_start, 1)}
+    (args.out / "spend.json").write_text(json.dumps(summary, indent=1))
+    write_report(summary, args.out)
+    return 0
+
+
+def write_report(summary: dict, out: Path) -> None:
+    results, b = summary["results"], summary["budget"]
+    text = [f"Machine: {summary['machine'].get('cpu', '?')}, {summary['machine'].get('cpu_count')} CPUs; total wall "
+            f"{summary['total_wall_s'] / 60:.1f} min; `python benchmarks/spend.py {' '.join(summary['argv'])}`.", "",
+            f"Same wall per run ({results[0]['wall_s']:.0f} s), seeds {sorted({r['seed'] for r in results})}; budget: "
+            f"accuracy drop ≤ {b['max_accuracy_drop']} pp, size ≤ {b['max_size_mb']} MB, latency ≤ "
+            f"{b['max_latency_ms']} ms (0.75x the ONNX Runtime base).", "",
+            "| search | decided per hour, median (per seed) | feasible-front hypervolume (per seed) | fine-tuned trials | "
+            "KD epochs trained | stopped: structure / floor / front | probe reused | cache hits | cancelled at the limit |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    rate = {}
+    for name in ARMS:
+        rs = [r for r in results if r["arm"] == name]
+        rates = [(r["throughput"] or {}).get("trials_per_hour") or 0 for r in rs]
+        rate[name] = statistics.median(rates)
+        hvs = [r["hypervolume"] for r in rs]
+        by = lambda rule: sum(r["stopped_by_rule"][rule] for r in rs)  # noqa: E731
+        text.append(
+            f"| {name} | {rate[name]:.0f} ({', '.join(f'{x:.0f}' for x in rates)}) | "
+            f"{statistics.median(hvs):.4f} ({', '.join(f'{x:.4f}' for x in hvs)}) | "
+            f"{sum(r['fine_tuned'] for r in rs)} | {sum(r['epochs_trained'] for r in rs)} | "
+            f"{by('structure')} / {by('floor')} / {by('front')} | {sum(r['probe_reused'] for r in rs)} | "
+            f"{sum((r['throughput'] or {}).get('cache_hits', 0) for r in rs)} | {sum(r['cancelled_at_limit'] for r in rs)} |")
+    text.append(f"\nDecided per hour, fast vs plain: **{_ratio(rate['fast'], rate['plain'])}** (target ≥ 2x); "
+                "feasible-front hypervolume per seed, fast vs plain: "
+                + ", ".join(f"s{s}: {f['hypervolume']:.4f} vs {p['hypervolume']:.4f}"
+                            for s in sorted({r['seed'] for r in results})
+                            for f in results if f["arm"] == "fast" and f["seed"] == s
+                            for p in results if p["arm"] == "plain" and p["seed"] == s) + ".")
+    (out / "spend.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
