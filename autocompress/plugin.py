@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from autocompress.data import DataBundle
 
+VAL_SLICE = 512  # validation images fine-tunes report their per-epoch accuracy on
+
 
 class Stage(str, enum.Enum):
     """Pipeline stages, applied in this order."""
@@ -102,16 +104,19 @@ class TrialContext:
 
     def epoch_reporter(self, epochs: float) -> Callable[[int, torch.nn.Module], None]:
         """An ``on_epoch`` callback for :func:`autocompress.models.fit` over ``epochs`` epochs: reports
-        top-1 on a 512-image validation slice after each epoch through :attr:`report`."""
-        from autocompress.measure import module_predictor, top1
-
+        top-1 on the validation slice after each epoch through :attr:`report`."""
         last = max(1, math.ceil(epochs))
 
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
-            accuracy = top1(module_predictor(model, self.device), self.data.val, limit=512)
-            self.report(epoch + 1, accuracy, final=epoch + 1 >= last, last=last)
+            self.report(epoch + 1, self.slice_top1(model), final=epoch + 1 >= last, last=last)
 
         return on_epoch
+
+    def slice_top1(self, model: torch.nn.Module) -> float:
+        """Top-1 % on the validation slice (the first ``VAL_SLICE`` images) that curves are reported on."""
+        from autocompress.measure import module_predictor, top1
+
+        return top1(module_predictor(model, self.device), self.data.val, limit=VAL_SLICE)
 
 
 class Plugin(abc.ABC):

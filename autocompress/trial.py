@@ -24,11 +24,11 @@ import torch
 
 from autocompress.config import RunConfig
 from autocompress.data import DataBundle, load_data
-from autocompress.measure import count_params, measure_latency, top1
+from autocompress.measure import count_params, measure_latency, module_predictor, top1
 from autocompress.models import create_model
 from autocompress.cache import ModelCache, content_key
 from autocompress.early_stop import StopRule, StopTrial
-from autocompress.plugin import NONE, STAGE_ORDER, Artefact, Stage, TrialContext
+from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
 from autocompress.registry import Registry, discover
 from autocompress.runtimes import get_runtime
 
@@ -105,6 +105,15 @@ def _base_predictor(path: str, runtime: str, threads: int, device: str, mtime: f
     return suffix_runtime.load(Artefact(Path(path), runtime), threads=threads, device=device)
 
 
+@functools.lru_cache(maxsize=2)
+def _slice_bias(run_dir: str, config_json: str) -> float:
+    """The base's top-1 on the validation slice curves are reported on, minus on the whole split."""
+    config = RunConfig.model_validate_json(config_json)
+    data = load_data(config.data, config.model.img_size)
+    predict = module_predictor(_base_model(run_dir, config_json))
+    return top1(predict, data.val, limit=VAL_SLICE) - top1(predict, data.val)
+
+
 def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
     """Runs one trial and returns its record; never raises for a failing trial.
 
@@ -166,7 +175,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     curve: list[list[float]] = []
     durations: dict[str, float] = {}
     rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
-                    latency_margin=config.search.latency_margin)
+                    latency_margin=config.search.latency_margin, slice_size=min(VAL_SLICE, len(data.val)))
     offset = [0]
 
     def report(step: int, accuracy: float, final: bool = False, last: int | None = None) -> None:
@@ -186,6 +195,8 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
                                 device=device)
     out: dict[str, Any] = {"durations": durations, "curve": curve}
     trains = spec.number >= 0 and not spec.structure_only and any(cls.fine_tunes for *_, cls in steps)
+    if trains and rule.mode != "none":
+        rule.slice_bias = _slice_bias(spec.run_dir, config.model_dump_json())
 
     if trains and config.search.structure_first:  # cheap figures first: structure only, no training
         t0 = time.perf_counter()

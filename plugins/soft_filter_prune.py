@@ -15,7 +15,6 @@ from pydantic import Field
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
 from autocompress.distill import kd_loss
-from autocompress.measure import module_predictor, top1
 from autocompress.models import fit
 
 _OUT_FNS = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_depthwise_conv_out_channels,
@@ -104,7 +103,7 @@ class SoftFilterPrune(Plugin):
         def on_epoch(epoch: int, net: torch.nn.Module) -> None:
             zeroed = soft_prune(net, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to,
                                 max_layer_ratio=cfg.max_layer_ratio)
-            acc = top1(module_predictor(net, ctx.device), ctx.data.val, limit=512)
+            acc = ctx.slice_top1(net)
             ctx.report(epoch + 1, acc, final=epoch + 1 >= math.ceil(cfg.epochs), last=math.ceil(cfg.epochs))
             ctx.log(f"soft_filter_prune: epoch {epoch + 1}: {zeroed} channels zeroed, val top-1 {acc:.2f}")
 

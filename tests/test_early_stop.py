@@ -1,6 +1,13 @@
 import pytest
 
-from autocompress.early_stop import StopRule, StopTrial
+from autocompress.early_stop import StopRule as _StopRule
+from autocompress.early_stop import StopTrial
+
+EXACT = 10**9   # a slice this large has no sampling noise: the arithmetic below is exact
+
+
+def StopRule(**kw):
+    return _StopRule(**{"slice_size": EXACT, **kw})
 
 
 def test_none_never_stops():
@@ -72,3 +79,16 @@ def test_only_curves_on_the_same_schedule_are_compared():
     with pytest.raises(StopTrial, match=r"\+25\.00 pp"):
         StopRule(mode="budget", floor=90, history=three_epochs).check(1, 64, last=3)   # 64 + 25 < 90
     StopRule(mode="budget", floor=90, history=three_epochs).check(1, 66, last=3)      # 66 + 25 >= 90
+
+
+def test_slice_noise_and_bias_are_allowed_for_before_stopping():
+    history = [[[1, 80], [2, 81]]] * 3                      # +1 pp seen after epoch 1
+    exact = _StopRule(mode="budget", floor=90, history=history, slice_size=EXACT)
+    with pytest.raises(StopTrial):
+        exact.check(1, 87, last=2)                           # 87 + 1 < 90
+    noisy = _StopRule(mode="budget", floor=90, history=history, slice_size=512)
+    noisy.check(1, 87, last=2)                               # + 2 sd of 512 images (~2.9 pp at 87 %) >= 90
+    with pytest.raises(StopTrial, match="at best 89"):
+        noisy.check(1, 85, last=2)                           # 85 + 1 + 3.2 = 89.2 < 90
+    biased = _StopRule(mode="budget", floor=90, history=history, slice_size=EXACT, slice_bias=-3.0)
+    biased.check(1, 87, last=2)                              # the slice reads 3 pp low: 87 + 3 + 1 >= 90
