@@ -21,7 +21,7 @@ def throughput(records: list[dict], wall_s: float, since: float | None = None) -
 
     Returns:
         ``trials_per_hour`` (finished or stopped, not failed), counts by outcome, ``stopped_by_stage``,
-        ``stopped_fraction``, ``cache_hits`` and ``time_saved_s_estimate``.
+        ``stopped_fraction``, ``cache_hits``, ``probes_reused`` and ``time_saved_s_estimate``.
     """
     decided = [r for r in records if not r.get("interrupted") and r["state"] in ("complete", "pruned")]
     stopped = [r for r in decided if r.get("stopped")]
@@ -46,6 +46,7 @@ def throughput(records: list[dict], wall_s: float, since: float | None = None) -
         "stopped_fraction": round(len(stopped) / len(decided), 3) if decided else 0.0,
         "stopped_by_stage": by_stage,
         "cache_hits": len(hits),
+        "probes_reused": sum("probe_from" in r for r in decided),
         "time_saved_s_estimate": round(saved, 1),
     }
 
@@ -56,4 +57,5 @@ def describe(figures: dict) -> str:
     rate = figures.get("trials_per_hour")
     return (f"{rate if rate is not None else '?'} trials/h; {figures['decided']} decided, {figures['stopped']} stopped early "
             f"({figures['stopped_fraction']:.0%}{'; ' + stages if stages else ''}), {figures['cache_hits']} cache hits, "
+            f"{figures.get('probes_reused', 0)} structure probes reused, "
             f"~{figures['time_saved_s_estimate'] / 60:.1f} min saved (estimate)")
