@@ -180,7 +180,8 @@ class SearchConfig(_Strict):
             must measure before it is stopped (latency noise is ~20 % on small VMs).
         early_stop: Multi-fidelity stopping on the fine-tune's per-epoch accuracy: ``none``;
             ``budget`` stops a trial that cannot reach the accuracy floor (base minus the
-            allowed drop) given the largest gain finished trials made after the same epoch;
+            allowed drop) given the largest gain finished trials on the same schedule made
+            after the same epoch and the validation slice's noise;
             ``front`` (default) also stops one that, at best, a feasible finished trial already
             beats in accuracy, latency and size (its structure was measured before training);
             ``halving`` also stops one below the median of finished trials at the same epoch.

@@ -4,17 +4,18 @@ Optuna's pruners do not support multi-objective studies, so the rule lives here 
 the curves that fine-tuning plugins report (``ctx.report(step, accuracy)``):
 
 * ``none``: never stop.
-* ``budget``: stop when the accuracy reached at a step, plus the largest gain any finished trial
-  made from that step to its end, plus two standard deviations of the slice's sampling noise
-  (corrected for the base's slice-vs-split difference), stays below the accuracy floor (base accuracy minus the allowed
-  drop): the trial cannot become feasible. Only curves on the same schedule count (ending at the
-  step this fine-tune will end at). Until ``min_history`` such curves reached that step the gain
-  assumed is ``default_gain_pp`` (30 pp: fine-tunes with a one-cycle schedule gain much
-  after their first epoch, so the rule only stops hopeless trials before it has learned more).
+* ``budget``: stop when the trial's best case stays below the accuracy floor (base accuracy minus
+  the allowed drop): it cannot become feasible. The best case is the accuracy reached at a step,
+  plus the largest gain a finished trial on the same schedule (ending at the same step) made
+  after it, plus two standard deviations of the validation slice's sampling noise, corrected for
+  how the base scores on the slice vs the whole split. Until ``min_history`` such curves reached
+  the step the gain assumed is ``default_gain_pp`` (30 pp: fine-tunes with a one-cycle schedule
+  gain much after their first epoch, so the rule only stops hopeless trials before it has learned).
 * ``front`` (the default): ``budget``, and also stop a trial that cannot reach the Pareto front.
   Its latency and size are known before it trains (the structure probe), so it is hopeless when
-  a feasible finished trial is at least as accurate as its best case (as for ``budget``), at least ``latency_margin`` faster and no larger: it
-  could never add to the front. The multi-objective form of "far behind finished trials".
+  a feasible finished trial is at least as accurate as its best case, at least
+  ``latency_margin`` faster and no larger: it could never add to the front. The multi-objective
+  form of "far behind finished trials".
 * ``halving``: ``front``, and also stop a trial below the median of finished trials at the same
   step once at least ``min_history`` of them reached it (successive-halving style; biased
   against heavily pruned trials, which start lower).
