@@ -14,7 +14,12 @@ where, cache and probe reuse, fine-tune epochs run, and the hypervolume of the f
 ``--samples`` sets the CIFAR-10 images per split, so a fine-tune epoch costs what it costs in
 use (6,000: ~4,500 training images, ~10 s per KD epoch on 2 cores).
 
+With the default sampler (TPE) each arm steers by what it has seen, so the two arms end up
+running different trials. ``--sampler random`` is the controlled form: both arms draw the same
+configurations in the same order (warm start aside), so the difference is (1)-(4) alone.
+
     python benchmarks/spend.py                  # 2 seeds x 2 arms x 10 min = ~42 min on 2 cores
+    python benchmarks/spend.py --sampler random --seeds 0 --wall 480   # the controlled form, ~17 min
     python benchmarks/spend.py --wall 60 --seeds 0 --samples 600   # ~3 min smoke run
 """
 
@@ -66,8 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--wall", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--samples", type=int, default=6000, help="CIFAR-10 images per split cap")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "spend")
+    parser.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/spend[-random]")
     args = parser.parse_args(argv)
+    args.out = args.out or ROOT / "benchmarks" / "results" / ("spend" if args.sampler == "tpe" else f"spend-{args.sampler}")
     if not BASE_WEIGHTS.is_file() or not (CIFAR / "train").is_dir():
         print(f"skipped: needs {BASE_WEIGHTS} and {CIFAR} (the shared base and CIFAR-10)")
         return 0
@@ -86,13 +93,13 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for name, flags in ARMS.items():
             run_dir = args.out / f"{name}-s{seed}"
-            cfg = run_config(args, seed, args.out / "space.yaml", trials=100_000, timeout=args.wall, budget=budget,
-                             search=flags)
+            cfg = run_config(args, seed, args.out / "space.yaml", sampler=args.sampler, trials=100_000,
+                             timeout=args.wall, budget=budget, search=flags)
             wall = run_search(run_dir, cfg, SPACE)
             results.append({"arm": name, "seed": seed, **summarise(run_dir, ref, wall), **run_figures(run_dir)})
             print(json.dumps({k: results[-1][k] for k in ("arm", "seed", "hypervolume", "finished", "stopped",
                                                           "fine_tuned", "epochs_trained")}))
-    summary = {"results": results, "budget": budget, "reference": {"by_runtime": ref.by_runtime},
+    summary = {"results": results, "budget": budget, "sampler": args.sampler, "reference": {"by_runtime": ref.by_runtime},
                "argv": sys.argv[1:], "machine": describe(2), "total_wall_s": round(time.time() - t_start, 1)}
     (args.out / "spend.json").write_text(json.dumps(summary, indent=1))
     write_report(summary, args.out)
@@ -103,7 +110,7 @@ def write_report(summary: dict, out: Path) -> None:
     results, b = summary["results"], summary["budget"]
     text = [f"Machine: {summary['machine'].get('cpu', '?')}, {summary['machine'].get('cpu_count')} CPUs; total wall "
             f"{summary['total_wall_s'] / 60:.1f} min; `python benchmarks/spend.py {' '.join(summary['argv'])}`.", "",
-            f"Same wall per run ({results[0]['wall_s']:.0f} s), seeds {sorted({r['seed'] for r in results})}; budget: "
+            f"Sampler {summary.get('sampler', 'tpe')}; same wall per run ({results[0]['wall_s']:.0f} s), seeds {sorted({r['seed'] for r in results})}; budget: "
             f"accuracy drop ≤ {b['max_accuracy_drop']} pp, size ≤ {b['max_size_mb']} MB, latency ≤ "
             f"{b['max_latency_ms']} ms (0.75x the ONNX Runtime base).", "",
             "| search | decided per hour, median (per seed) | feasible-front hypervolume (per seed) | fine-tuned trials | "
