@@ -15,11 +15,12 @@ where, cache and probe reuse, fine-tune epochs run, and the hypervolume of the f
 use (6,000: ~4,500 training images, ~10 s per KD epoch on 2 cores).
 
 With the default sampler (TPE) each arm steers by what it has seen, so the two arms end up
-running different trials. ``--sampler random`` is the controlled form: both arms draw the same
-configurations in the same order (warm start aside), so the difference is (1)-(4) alone.
+running different trials. ``--sampler random`` takes the sampler's learning out: both arms draw
+from the same distribution whatever they measure (not the same sequence: warm start and the
+conditional parameters shift the draws), so the difference is (1)-(4) on the same mix of trials.
 
     python benchmarks/spend.py                  # 2 seeds x 2 arms x 10 min = ~42 min on 2 cores
-    python benchmarks/spend.py --sampler random --seeds 0 --wall 480   # the controlled form, ~17 min
+    python benchmarks/spend.py --sampler random --seeds 0 --wall 480   # no sampler learning, ~17 min
     python benchmarks/spend.py --wall 60 --seeds 0 --samples 600   # ~3 min smoke run
 """
 
