@@ -89,9 +89,12 @@ class StopRule:
 
     def best_case(self, step: int, accuracy: float, last: int | None = None) -> float:
         """The highest whole-split accuracy the trial can plausibly end at."""
+        return self._best(accuracy, max(self.max_gain(step, last), 0.0))
+
+    def _best(self, accuracy: float, gain: float) -> float:
         p = min(max(accuracy / 100.0, 0.0), 1.0)
         noise = 200.0 * math.sqrt(max(p * (1 - p), 0.01) / max(self.slice_size, 1))
-        return accuracy - self.slice_bias + max(self.max_gain(step, last), 0.0) + noise
+        return accuracy - self.slice_bias + gain + noise
 
     def check(self, step: int, accuracy: float, last: int | None = None) -> None:
         """Raises :class:`StopTrial` when the rule says the trial should stop.
@@ -103,11 +106,12 @@ class StopRule:
         """
         if self.mode == "none":
             return
-        best = self.best_case(step, accuracy, last)
+        gain = max(self.max_gain(step, last), 0.0)
+        best = self._best(accuracy, gain)
         if self.floor is not None and best < self.floor:
             raise StopTrial(step, accuracy, f"cannot reach the accuracy floor {self.floor:.2f}%: {accuracy:.2f}% at "
-                                            f"step {step}, at best {best:.2f}% (+{max(self.max_gain(step, last), 0):.2f} "
-                                            f"pp seen after it, slice noise and bias allowed for)")
+                                            f"step {step}, at best {best:.2f}% (+{gain:.2f} pp seen after it, "
+                                            f"slice noise and bias allowed for)")
         if self.mode in ("front", "halving") and self.position is not None:
             latency, size = self.position
             for acc, lat, mb in self.front:

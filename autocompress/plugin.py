@@ -102,13 +102,15 @@ class TrialContext:
     log: Callable[[str], None] = lambda line: None
     structure_only: bool = False
 
-    def epoch_reporter(self, epochs: float) -> Callable[[int, torch.nn.Module], None]:
+    def epoch_reporter(self, epochs: float) -> Callable[[int, torch.nn.Module], float]:
         """An ``on_epoch`` callback for :func:`autocompress.models.fit` over ``epochs`` epochs: reports
-        top-1 on the validation slice after each epoch through :attr:`report`."""
+        top-1 on the validation slice after each epoch through :attr:`report`, and returns it."""
         last = max(1, math.ceil(epochs))
 
-        def on_epoch(epoch: int, model: torch.nn.Module) -> None:
-            self.report(epoch + 1, self.slice_top1(model), final=epoch + 1 >= last, last=last)
+        def on_epoch(epoch: int, model: torch.nn.Module) -> float:
+            accuracy = self.slice_top1(model)
+            self.report(epoch + 1, accuracy, final=epoch + 1 >= last, last=last)
+            return accuracy
 
         return on_epoch
 

@@ -30,6 +30,7 @@ from autocompress.cache import ModelCache, content_key
 from autocompress.early_stop import StopRule, StopTrial
 from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
 from autocompress.registry import Registry, discover
+from autocompress.results import atomic_write
 from autocompress.runtimes import get_runtime
 
 BASE = "base"
@@ -302,10 +303,7 @@ class _ProbeMemo:
             return None
 
     def put(self, probe: dict, trial: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{trial}.tmp")
-        tmp.write_text(json.dumps({**probe, "trial": trial}))
-        tmp.replace(self.path)
+        atomic_write(self.path, json.dumps({**probe, "trial": trial}))
 
 
 def structure_verdict(metrics: dict, config: RunConfig) -> str | None:

@@ -5,7 +5,6 @@ zeroed filters are removed for real."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Literal
 
@@ -100,11 +99,12 @@ class SoftFilterPrune(Plugin):
         teacher = ctx.teacher.to(ctx.device).eval() if ctx.teacher is not None else None
         loss_fn = kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha) if teacher is not None else None
 
+        report = ctx.epoch_reporter(cfg.epochs)
+
         def on_epoch(epoch: int, net: torch.nn.Module) -> None:
             zeroed = soft_prune(net, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to,
                                 max_layer_ratio=cfg.max_layer_ratio)
-            acc = ctx.slice_top1(net)
-            ctx.report(epoch + 1, acc, final=epoch + 1 >= math.ceil(cfg.epochs), last=math.ceil(cfg.epochs))
+            acc = report(epoch, net)
             ctx.log(f"soft_filter_prune: epoch {epoch + 1}: {zeroed} channels zeroed, val top-1 {acc:.2f}")
 
         # As in the authors' code: zero once before training, then after every epoch.
