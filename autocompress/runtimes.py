@@ -243,18 +243,31 @@ def quiet():
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
-    """Exports a float module to one self-contained ONNX file with a dynamic batch axis."""
+    """Exports a float module to one self-contained ONNX file with a dynamic batch axis.
+
+    The TorchScript exporter goes first: it takes about 0.3 s for a ResNet-18 where the
+    ``torch.export``-based one takes 2-4 s, and a search pays for an export in every trial (twice
+    with a structure probe). A module it cannot export, or a torch that no longer has it (it is
+    deprecated), goes through the ``torch.export``-based exporter. Both write the same operators
+    with BatchNorm folded, and ONNX Runtime runs either.
+    """
     model = model.eval().cpu()
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    path = Path(path)
+    example = _batch_of_two(example)
     with torch.no_grad(), quiet():
-        torch.onnx.export(
-            model, (_batch_of_two(example),), str(path), dynamo=True, external_data=False,
-            opset_version=opset, input_names=["input"], output_names=["logits"],
-            dynamic_shapes=({0: batch},), verbose=False,
-        )
-    if not Path(path).exists():
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        except Exception:  # noqa: BLE001 - any failure of the fast path falls back to the maintained exporter
+            path.unlink(missing_ok=True)
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
+                              opset_version=opset, input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), verbose=False)
+    if not path.exists():
         raise RuntimeError(f"ONNX export wrote nothing at {path}")
-    return Path(path)
+    return path
 
 
 def store_sparse_initializers(path: Path, min_elements: int = 4096) -> int:

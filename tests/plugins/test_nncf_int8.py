@@ -32,7 +32,8 @@ def test_after_channel_prune(tmp_path):
     params = sum(p.numel() for p in pruned.parameters())
     art = load_plugin("nncf_int8").from_params({"subset_size": 32, "ignore_first_last": True}).apply(pruned, ctx)
     assert art.runtime == "openvino" and art.precision == "int8" and all(f.is_file() for f in art.files)
-    assert art.size_bytes() < 2 * params, "the int8 IR should take about a byte per (pruned) parameter"
+    weights = art.path.with_suffix(".bin").stat().st_size  # the .xml is the graph, a large share at this size
+    assert weights < 1.25 * params, "the int8 IR should store about a byte per (pruned) parameter"
     assert _fake_quantize_count(art) > 0
     logits = get_runtime("openvino").load(art, threads=1)(ctx.data.test.example(3))
     assert logits.shape == (3, 10)
