@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from autocompress.data import DataBundle
+from autocompress.distill import TeacherOutputs
 
 VAL_SLICE = 512  # validation images fine-tunes report their per-epoch accuracy on
 
@@ -77,7 +78,9 @@ class TrialContext:
         runtime: Name of the runtime the final artefact is saved for.
         example_input: A normalised batch of the measured batch size.
         workdir: A folder for this trial's files.
-        seed: Seed for any randomness.
+        seed: Seed for any randomness. The run's seed, the same for every trial: trials fine-tune
+            and calibrate on the same batches, so they differ by their configuration, not by the
+            luck of their batches, and the teacher's outputs on a batch can be reused.
         batch_size: Batch size for training and calibration.
         threads: Thread count of the target device.
         report: Callback ``report(step, accuracy, final=False, last=None)`` after each fine-tuning
@@ -87,6 +90,8 @@ class TrialContext:
             early: let it propagate.
         log: Callback for one line of progress.
         structure_only: Only latency and size will be measured (a cheap probe): skip training.
+        teacher_outputs: ``teacher`` with its outputs kept per batch for the run (``search.cache``
+            on a CPU run), or ``None``; plugins use it through :meth:`frozen_teacher`.
     """
 
     data: DataBundle
@@ -101,6 +106,19 @@ class TrialContext:
     report: Callable[..., None] = lambda step, acc, final=False, last=None: None
     log: Callable[[str], None] = lambda line: None
     structure_only: bool = False
+    teacher_outputs: TeacherOutputs | None = None
+
+    def frozen_teacher(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The teacher as a function of a training batch, for :func:`autocompress.distill.kd_loss`.
+
+        Its outputs come from the run's store when there is one (computed once per batch per
+        run, see :class:`autocompress.distill.TeacherOutputs`). Use ``teacher`` itself where the
+        teacher must run, e.g. for forward hooks on its features.
+        """
+        if self.teacher is None:
+            return None
+        self.teacher.to(self.device).eval()
+        return self.teacher_outputs if self.teacher_outputs is not None else self.teacher
 
     def epoch_reporter(self, epochs: float) -> Callable[[int, torch.nn.Module], float]:
         """An ``on_epoch`` callback for :func:`autocompress.models.fit` over ``epochs`` epochs: reports

@@ -24,6 +24,7 @@ import torch
 
 from autocompress.config import RunConfig
 from autocompress.data import DataBundle, load_data
+from autocompress.distill import TeacherOutputs
 from autocompress.measure import count_params, measure_latency, module_predictor, top1
 from autocompress.models import create_model
 from autocompress.cache import ModelCache, content_key
@@ -178,6 +179,10 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
                     latency_margin=config.search.latency_margin, slice_size=min(VAL_SLICE, len(data.val)))
     offset = [0]
+    teacher_outputs: TeacherOutputs | None = None
+    if config.search.cache and teacher is not None and device.type == "cpu":  # hashing a batch costs more than a GPU forward
+        teacher_outputs = TeacherOutputs(teacher, Path(spec.run_dir) / "cache" / "teacher" / f"{_base_id(spec.run_dir)}-cpu",
+                                         max_bytes=config.search.cache_mb * 1e6)
 
     def report(step: int, accuracy: float, final: bool = False, last: int | None = None) -> None:
         curve.append([offset[0] + step, round(float(accuracy), 4)])
@@ -189,8 +194,8 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         return TrialContext(
             data=data, teacher=teacher, device=device, runtime=runtime.name,
             example_input=data.train.example(config.device.batch_size), workdir=folder,
-            seed=config.search.seed + max(spec.number, 0), batch_size=config.data.batch_size, threads=threads,
-            report=report, structure_only=structure_only)
+            seed=config.search.seed, batch_size=config.data.batch_size, threads=threads,
+            report=report, structure_only=structure_only, teacher_outputs=teacher_outputs)
 
     measure = functools.partial(_save_and_measure, spec=spec, config=config, runtime=runtime, data=data,
                                 device=device)
@@ -220,7 +225,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         verdict = structure_verdict(probe["metrics"], config)
         if verdict:
             probe.update(out, artefact=None, stopped={"stage": "structure", "reason": verdict})
-            return probe
+            return _counted(probe, teacher_outputs)
 
     ctx = context(spec.structure_only, work)
     model: torch.nn.Module | Artefact = copy.deepcopy(teacher)
@@ -249,12 +254,20 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
             "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
             "rule": stop.rule, "reason": stop.reason})
-        return out
+        return _counted(out, teacher_outputs)
     record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
                      params=count_params(result if isinstance(result, torch.nn.Module) else model))
     record.update(out)
     durations.update(record.pop("timings"))
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))
+    return _counted(record, teacher_outputs)
+
+
+def _counted(record: dict[str, Any], teacher_outputs: TeacherOutputs | None) -> dict[str, Any]:
+    """Adds how many teacher batches the trial read from the run's store and how many it ran."""
+    if teacher_outputs is not None and teacher_outputs.reused + teacher_outputs.computed:
+        record["teacher_batches"] = {"reused": teacher_outputs.reused, "computed": teacher_outputs.computed,
+                                     "corrupt_rebuilt": teacher_outputs.corrupt}
     return record
 
 

@@ -91,7 +91,7 @@ class Int8QAT(Plugin):
             parametrize.register_parametrization(layer, "weight", FakeQuantWeight(_channel_axis(layer)))
         acts = [ActivationFakeQuant(layer, cfg.ema) for layer in layers] if cfg.quantize_activations else []
         try:
-            teacher = ctx.teacher.to(ctx.device).eval() if ctx.teacher is not None and cfg.alpha > 0 else None
+            teacher = ctx.frozen_teacher() if cfg.alpha > 0 else None
             if not ctx.structure_only:  # a latency/size probe: the trained values do not matter
                 fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
                     device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),

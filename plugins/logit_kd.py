@@ -70,7 +70,9 @@ class LogitKD(Plugin):
         cfg = self.config
         teacher = ctx.teacher.to(ctx.device).eval()
         features = FeatureMatch(model, teacher, cfg.feature_stage, ctx) if cfg.feature_weight > 0 else None
-        loss_fn = kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha,
+        # feature matching reads the teacher's hooks, so the teacher itself must run
+        loss_fn = kd_loss(teacher if features is not None else ctx.frozen_teacher(),
+                          temperature=cfg.temperature, alpha=cfg.alpha,
                           extra=(lambda: cfg.feature_weight * features.loss()) if features is not None else None)
         try:
             out = fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,

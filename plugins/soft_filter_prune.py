@@ -96,7 +96,7 @@ class SoftFilterPrune(Plugin):
         if cfg.ratio == 0:
             return model
         example = ctx.example_input[:1].cpu()
-        teacher = ctx.teacher.to(ctx.device).eval() if ctx.teacher is not None else None
+        teacher = ctx.frozen_teacher()
         loss_fn = kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha) if teacher is not None else None
 
         report = ctx.epoch_reporter(cfg.epochs)

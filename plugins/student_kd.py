@@ -90,5 +90,6 @@ class StudentKD(Plugin):
         if ctx.structure_only:  # a latency/size probe: the student's architecture is all that matters
             return student.eval()
         return fit(student, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                   device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
+                   device=ctx.device, loss_fn=kd_loss(ctx.frozen_teacher() if ctx.teacher is not None else teacher,
+                                                      temperature=cfg.temperature, alpha=cfg.alpha),
                    on_epoch=ctx.epoch_reporter(cfg.epochs)).cpu()

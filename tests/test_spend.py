@@ -188,3 +188,27 @@ def test_the_front_handed_to_trials_holds_feasible_finished_trials_only(prepared
     finally:
         prepared.records.clear()
         prepared.records.update(saved)
+
+
+def test_the_teacher_runs_once_per_batch_per_run_and_fine_tunes_train_exactly_as_without(prepared):
+    import shutil
+
+    from autocompress.distill import TeacherOutputs
+
+    shutil.rmtree(prepared.run.path / "cache" / "teacher", ignore_errors=True)
+    TeacherOutputs.forget()
+    no_stop = {"early_stop": "none"}
+    first = run_trial(_spec(prepared, 40, dict(PRUNE_KD, distill=["logit_kd", {"epochs": 3, "lr": 0.004}]),
+                            search_cfg=no_stop))
+    batches = first["teacher_batches"]["computed"]
+    assert batches > 0 and first["teacher_batches"]["reused"] == 0
+
+    other = dict(PRUNE_KD, distill=["logit_kd", {"epochs": 3, "lr": 0.004, "alpha": 0.5}])  # no model cache hit
+    TeacherOutputs.forget()                                 # read from the run folder, as another worker would
+    second = run_trial(_spec(prepared, 41, other, search_cfg=no_stop))
+    assert second["cache"]["hit"] is False and second["durations"]["distill"] > 0
+    assert second["teacher_batches"] == {"reused": batches, "computed": 0, "corrupt_rebuilt": 0}
+
+    plain = run_trial(_spec(prepared, 42, other, search_cfg={**no_stop, "cache": False}))
+    assert "teacher_batches" not in plain
+    assert plain["curve"] == second["curve"] and plain["metrics"]["accuracy"] == second["metrics"]["accuracy"]
