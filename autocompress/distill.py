@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -74,6 +75,7 @@ class TeacherOutputs:
     def __init__(self, teacher: torch.nn.Module, folder: Path | str, *, max_bytes: float | None = None) -> None:
         self.teacher, self.folder, self.max_bytes = teacher, Path(folder), max_bytes
         self.reused = self.computed = self.corrupt = 0
+        self.compute_s = 0.0  # the teacher's own time on the batches it ran
         self._disk_bytes: int | None = None
 
     @classmethod
@@ -86,8 +88,10 @@ class TeacherOutputs:
         key = _batch_key(inputs)
         out = self._recall(key)
         if out is None:
+            t0 = time.perf_counter()
             with torch.no_grad():
                 out = self.teacher(inputs)
+            self.compute_s += time.perf_counter() - t0
             self.computed += 1
             self._remember(key, out.detach().cpu())
             return out

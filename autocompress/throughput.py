@@ -2,7 +2,8 @@
 
 Trials finished or decided per hour, the share stopped early and at which stage, cache reuse,
 and an estimate of the time those saved (labelled as an estimate: a stopped trial's full cost
-is taken as the median duration of finished trials that ran their whole fine-tune).
+is taken as the median duration of finished trials that ran their whole fine-tune; a teacher batch
+read from the run's store, the mean time the teacher took on the batches it ran).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def throughput(records: list[dict], wall_s: float, since: float | None = None) -
 
     Returns:
         ``trials_per_hour`` (finished or stopped, not failed), counts by outcome, ``stopped_by_stage``,
-        ``stopped_fraction``, ``cache_hits``, ``probes_reused`` and ``time_saved_s_estimate``.
+        ``stopped_fraction``, ``cache_hits``, ``probes_reused``, ``teacher_batches_reused`` and
+        ``time_saved_s_estimate``.
     """
     decided = [r for r in records if not r.get("interrupted") and r["state"] in ("complete", "pruned")]
     stopped = [r for r in decided if r.get("stopped")]
@@ -36,6 +38,11 @@ def throughput(records: list[dict], wall_s: float, since: float | None = None) -
         saved += sum(max(0.0, full_cost - r["duration_s"]) for r in stopped)
     hits = [r for r in decided if (r.get("cache") or {}).get("hit")]
     saved += sum(float(r["cache"].get("saved_s") or 0.0) for r in hits)
+    teacher = [r["teacher_batches"] for r in decided if r.get("teacher_batches")]
+    computed = sum(t.get("computed", 0) for t in teacher)
+    reused = sum(t.get("reused", 0) for t in teacher)
+    if computed:  # a batch read instead of run saved what running one cost on average
+        saved += reused * sum(t.get("compute_s", 0.0) for t in teacher) / computed
     counted = [r for r in decided if since is None or r.get("started", 0) >= since]
     return {
         "wall_s": round(wall_s, 1),
@@ -47,6 +54,7 @@ def throughput(records: list[dict], wall_s: float, since: float | None = None) -
         "stopped_by_stage": by_stage,
         "cache_hits": len(hits),
         "probes_reused": sum("probe_from" in r for r in decided),
+        "teacher_batches_reused": reused,
         "time_saved_s_estimate": round(saved, 1),
     }
 
@@ -58,4 +66,5 @@ def describe(figures: dict) -> str:
     return (f"{rate if rate is not None else '?'} trials/h; {figures['decided']} decided, {figures['stopped']} stopped early "
             f"({figures['stopped_fraction']:.0%}{'; ' + stages if stages else ''}), {figures['cache_hits']} cache hits, "
             f"{figures.get('probes_reused', 0)} structure probes reused, "
+            f"{figures.get('teacher_batches_reused', 0)} teacher batches reused, "
             f"~{figures['time_saved_s_estimate'] / 60:.1f} min saved (estimate)")

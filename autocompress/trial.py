@@ -267,7 +267,8 @@ def _counted(record: dict[str, Any], teacher_outputs: TeacherOutputs | None) -> 
     """Adds how many teacher batches the trial read from the run's store and how many it ran."""
     if teacher_outputs is not None and teacher_outputs.reused + teacher_outputs.computed:
         record["teacher_batches"] = {"reused": teacher_outputs.reused, "computed": teacher_outputs.computed,
-                                     "corrupt_rebuilt": teacher_outputs.corrupt}
+                                     "corrupt_rebuilt": teacher_outputs.corrupt,
+                                     "compute_s": round(teacher_outputs.compute_s, 3)}
     return record
 
 

@@ -6,7 +6,7 @@ the same wall-clock time and seeds twice:
 
     plain   structure_first, early_stop, cache and warm_start all off
     fast    structure_first on (with its per-run memo of probed structures), early_stop
-            ``front``, the fine-tuned model cache, warm start
+            ``front``, the cache (fine-tuned models, and the teacher's outputs per batch), warm start
 
 Reported per run: trials decided (finished or stopped) per hour, how many were stopped and
 where, cache and probe reuse, fine-tune epochs run, and the hypervolume of the feasible front
@@ -64,6 +64,10 @@ def run_figures(run_dir: Path) -> dict:
                                       for r in records if r.get("stopped"))
                             for rule in ("structure", "floor", "front", "halving")},
         "cancelled_at_limit": sum(r["state"] == "fail" and "time limit" in (r.get("reason") or "") for r in records),
+        "teacher_batches": {k: sum((r.get("teacher_batches") or {}).get(k, 0) for r in records)
+                            for k in ("reused", "computed")},
+        "seconds_by_stage": {stage: round(sum((r.get("durations") or {}).get(stage, 0.0) for r in records), 1)
+                             for stage in ("structure_first", "prune", "distill", "quantize", "export", "measure")},
     }
 
 
@@ -115,8 +119,9 @@ def write_report(summary: dict, out: Path) -> None:
             f"accuracy drop ≤ {b['max_accuracy_drop']} pp, size ≤ {b['max_size_mb']} MB, latency ≤ "
             f"{b['max_latency_ms']} ms (0.75x the ONNX Runtime base).", "",
             "| search | decided per hour, median (per seed) | feasible-front hypervolume (per seed) | fine-tuned trials | "
-            "KD epochs trained | stopped: structure / floor / front | probe reused | cache hits | cancelled at the limit |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "KD epochs trained | teacher batches read / run | stopped: structure / floor / front | probe reused | cache hits "
+            "| cancelled at the limit |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     rate = {}
     for name in ARMS:
         rs = [r for r in results if r["arm"] == name]
@@ -128,6 +133,8 @@ def write_report(summary: dict, out: Path) -> None:
             f"| {name} | {rate[name]:.0f} ({', '.join(f'{x:.0f}' for x in rates)}) | "
             f"{statistics.median(hvs):.4f} ({', '.join(f'{x:.4f}' for x in hvs)}) | "
             f"{sum(r['fine_tuned'] for r in rs)} | {sum(r['epochs_trained'] for r in rs)} | "
+            f"{sum(r.get('teacher_batches', {}).get('reused', 0) for r in rs)} / "
+            f"{sum(r.get('teacher_batches', {}).get('computed', 0) for r in rs)} | "
             f"{by('structure')} / {by('floor')} / {by('front')} | {sum(r['probe_reused'] for r in rs)} | "
             f"{sum((r['throughput'] or {}).get('cache_hits', 0) for r in rs)} | {sum(r['cancelled_at_limit'] for r in rs)} |")
     text.append(f"\nDecided per hour, fast vs plain: **{_ratio(rate['fast'], rate['plain'])}** (target ≥ 2x); "
@@ -136,6 +143,10 @@ def write_report(summary: dict, out: Path) -> None:
                             for s in sorted({r['seed'] for r in results})
                             for f in results if f["arm"] == "fast" and f["seed"] == s
                             for p in results if p["arm"] == "plain" and p["seed"] == s) + ".")
+    text.append("\nTrial seconds by stage, all seeds: " + "; ".join(
+        f"{name}: " + ", ".join(f"{stage} {sum(r.get('seconds_by_stage', {}).get(stage, 0) for r in results if r['arm'] == name):.0f}"
+                                for stage in ("structure_first", "distill", "quantize", "export", "measure"))
+        for name in ARMS) + ".")
     (out / "spend.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 

@@ -207,7 +207,8 @@ def test_the_teacher_runs_once_per_batch_per_run_and_fine_tunes_train_exactly_as
     TeacherOutputs.forget()                                 # read from the run folder, as another worker would
     second = run_trial(_spec(prepared, 41, other, search_cfg=no_stop))
     assert second["cache"]["hit"] is False and second["durations"]["distill"] > 0
-    assert second["teacher_batches"] == {"reused": batches, "computed": 0, "corrupt_rebuilt": 0}
+    assert second["teacher_batches"] == {"reused": batches, "computed": 0, "corrupt_rebuilt": 0, "compute_s": 0.0}
+    assert first["teacher_batches"]["compute_s"] > 0
 
     plain = run_trial(_spec(prepared, 42, other, search_cfg={**no_stop, "cache": False}))
     assert "teacher_batches" not in plain

@@ -16,17 +16,23 @@ def test_throughput_counts_decided_trials_stops_and_reuse():
         _rec(2, stopped={"stage": "structure"}, duration=2.0, probe_from=0),        # stopped before training
         _rec(3, state="pruned", stopped={"stage": "distill"}, duration=20.0),       # stopped after epoch 1
         _rec(4, curve=[[1, 70]], duration=5.0, cache={"hit": True, "saved_s": 30.0}),
+        _rec(8, curve=[[1, 75]], duration=30.0, cache={"hit": False},                # the teacher ran 10 batches
+             teacher_batches={"reused": 0, "computed": 10, "compute_s": 4.0}),
+        _rec(9, curve=[[1, 76]], duration=30.0, cache={"hit": False},                # and was read back 20 times
+             teacher_batches={"reused": 20, "computed": 0, "compute_s": 0.0}),
         _rec(5, state="fail", duration=1.0),                                         # failed: not decided
         _rec(6, interrupted=True, state="fail", duration=1.0),
         _rec(7, duration=3.0, started=10.0),                                         # an earlier session
     ]
     figures = throughput(records, wall_s=360.0, since=50.0)
-    assert figures["decided"] == 6 and figures["completed"] == 4 and figures["stopped"] == 2
-    assert figures["trials_per_hour"] == pytest.approx(5 / 360 * 3600)              # trial 7 predates `since`
+    assert figures["decided"] == 8 and figures["completed"] == 6 and figures["stopped"] == 2
+    assert figures["trials_per_hour"] == pytest.approx(7 / 360 * 3600)              # trial 7 predates `since`
     assert figures["stopped_by_stage"] == {"structure": 1, "distill": 1}
-    assert figures["stopped_fraction"] == pytest.approx(2 / 6, abs=1e-3)
-    assert figures["cache_hits"] == 1 and figures["probes_reused"] == 1
-    # a stopped trial saved the median whole fine-tune (50 s) minus what it ran; a cache hit its saved_s
-    assert figures["time_saved_s_estimate"] == pytest.approx((50 - 2) + (50 - 20) + 30)
+    assert figures["stopped_fraction"] == pytest.approx(2 / 8, abs=1e-3)
+    assert figures["cache_hits"] == 1 and figures["probes_reused"] == 1 and figures["teacher_batches_reused"] == 20
+    # a stopped trial saved the median whole fine-tune (of 40, 60, 30, 30 s: 35 s) minus what it ran; a
+    # cache hit its saved_s; a teacher batch read back, the teacher's mean time per batch it ran (0.4 s)
+    assert figures["time_saved_s_estimate"] == pytest.approx((35 - 2) + (35 - 20) + 30 + 20 * 0.4)
     line = describe(figures)
-    assert "50.0 trials/h" in line and "1 at distill, 1 at structure" in line and "1 structure probes reused" in line
+    assert "70.0 trials/h" in line and "1 at distill, 1 at structure" in line and "1 structure probes reused" in line
+    assert "20 teacher batches reused" in line
