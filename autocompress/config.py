@@ -91,11 +91,16 @@ class BudgetConfig(_Strict):
 
     Attributes:
         max_latency_ms: Batch-1 latency on the target device and runtime.
+        max_latency_vs_base: Batch-1 latency as a fraction of the base model's on the same
+            runtime, the two timed in interleaved rounds in the same window (``0.75``: at least
+            1.33x faster). Unlike milliseconds, the ratio holds when the machine's speed drifts
+            during a night (shared or throttled CPUs: 10-20 % between minutes here).
         max_size_mb: Size on disk of the saved artefact (MB = 10**6 bytes).
         max_accuracy_drop: Allowed drop of top-1 (percentage points) below the base.
     """
 
     max_latency_ms: float | None = Field(default=0.6, gt=0)
+    max_latency_vs_base: float | None = Field(default=None, gt=0, le=100)
     max_size_mb: float | None = Field(default=6.0, gt=0)
     max_accuracy_drop: float | None = Field(default=1.5, ge=0, le=100)
 

@@ -123,7 +123,8 @@ class Search:
                    if r["state"] == "complete" and r.get("curve") and not r.get("stopped")
                    and not (r.get("cache") or {}).get("hit")]  # a reused fine-tune repeats its curve
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
-        return {"floor": floor, "history": history, "front": [objective_values(r) for r in front(feasible)]}
+        return {"floor": floor, "history": history,
+                "front": [[*objective_values(r), r.get("latency_vs_base")] for r in front(feasible)]}
 
     def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
         return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),
@@ -164,7 +165,7 @@ class Search:
 
     def _check_budget(self) -> None:
         budget = self.config.budget
-        if budget.max_latency_ms is None and budget.max_size_mb is None:
+        if budget.max_latency_ms is None and budget.max_size_mb is None and budget.max_latency_vs_base is None:
             return
         b = self.base["metrics"]
         probes, problems = [], []
@@ -185,6 +186,11 @@ class Search:
                 problems.append(("budget.max_latency_ms", f"{budget.max_latency_ms} ms cannot be met: the most compressed "
                                  f"configuration ({desc}) measures {m['latency_ms']:.3f} ms on {runtime} "
                                  f"(base {b['latency_ms']:.3f} ms on {b['runtime']}) with {self.config.device.threads} threads"))
+            elif (budget.max_latency_vs_base is not None and runtime == b["runtime"]
+                  and m["latency_ms"] > LATENCY_NOISE * budget.max_latency_vs_base * b["latency_ms"]):
+                problems.append(("budget.max_latency_vs_base", f"{budget.max_latency_vs_base}x the base cannot be met: "
+                                 f"the most compressed configuration ({desc}) measures {m['latency_ms'] / b['latency_ms']:.2f}x "
+                                 f"the base's {b['latency_ms']:.3f} ms on {runtime}"))
         self.run.write_json("probe.json", probes[0] if len(probes) == 1 else {"by_runtime": probes})
         if len(problems) == len(probes):  # no runtime can meet it
             field_name = problems[0][0]
@@ -436,6 +442,7 @@ class Search:
         m = dict(record.get("probe") or {})
         m["accuracy"] = record["stopped"]["accuracy"]
         m.setdefault("latency_ms", budget.max_latency_ms or 0.0)
+        m.setdefault("latency_vs_base", budget.max_latency_vs_base)
         m.setdefault("size_mb", budget.max_size_mb or 0.0)
         cons = constraints({"metrics": m}, budget, self.base["metrics"]["accuracy"])
         record["constraints"] = {k: round(v, 6) for k, v in cons.items()}

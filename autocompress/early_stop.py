@@ -49,11 +49,13 @@ class StopRule:
         default_gain_pp: Gain assumed possible after a step until ``min_history`` finished curves reached it.
         min_history: Finished curves needed at a step before their gains (``budget``) or their
             median (``halving``) are used.
-        front: ``[accuracy %, latency ms, size MB]`` of the feasible finished trials on the front.
-        position: ``(latency ms, size MB)`` this trial's structure measured before training;
-            ``None`` = unknown (no ``front`` stop).
+        front: ``[accuracy %, latency ms, size MB, latency / base or None]`` of the feasible finished
+            trials on the front.
+        position: ``(latency ms, size MB, latency / base or None)`` this trial's structure measured
+            before training; ``None`` = unknown (no ``front`` stop).
         latency_margin: How much faster (fraction) a front point must be to count as faster,
-            so latency noise in the probe does not stop a trial.
+            so latency noise in the probe does not stop a trial. Latencies are compared as ratios
+            to the base timed beside each where both have one, in ms otherwise.
         slice_bias: The base's top-1 on the validation slice minus on the whole validation split:
             curves are on the slice, the floor and the front on the whole split.
         slice_size: Images in the slice; an estimate from it is given the benefit of two binomial
@@ -65,8 +67,8 @@ class StopRule:
     history: list[list[list[float]]] = field(default_factory=list)
     default_gain_pp: float = 30.0
     min_history: int = 3
-    front: list[list[float]] = field(default_factory=list)
-    position: tuple[float, float] | None = None
+    front: list[list[float | None]] = field(default_factory=list)
+    position: tuple[float, ...] | tuple[float, float, float | None] | None = None
     latency_margin: float = 0.1
     slice_bias: float = 0.0
     slice_size: int = 512
@@ -113,12 +115,16 @@ class StopRule:
                                             f"step {step}, at best {best:.2f}% (+{gain:.2f} pp seen after it, "
                                             f"slice noise and bias allowed for)")
         if self.mode in ("front", "halving") and self.position is not None:
-            latency, size = self.position
-            for acc, lat, mb in self.front:
-                if acc >= best and lat <= latency * (1 - self.latency_margin) and mb <= size:
+            latency, size, ratio = (*self.position, None)[:3]
+            for acc, lat, mb, *rest in self.front:
+                theirs = rest[0] if rest else None
+                # ratios to the base timed beside each are immune to the machine's speed drifting between the two
+                mine, other = (ratio, theirs) if ratio is not None and theirs is not None else (latency, lat)
+                if acc >= best and other <= mine * (1 - self.latency_margin) and mb <= size:
                     raise StopTrial(step, accuracy, f"cannot reach the front: at best {best:.2f}% at {latency:.3f} ms, "
                                                     f"{size:.2f} MB; a finished trial has {acc:.2f}% at {lat:.3f} ms, "
-                                                    f"{mb:.2f} MB", rule="front")
+                                                    f"{mb:.2f} MB" + (f" ({other:.3f}x vs {mine:.3f}x the base)"
+                                                                      if mine is ratio else ""), rule="front")
         if self.mode == "halving":
             peers = [acc for curve in self._peers(last) for s, acc in curve if s == step]
             if len(peers) >= self.min_history and accuracy < statistics.median(peers):

@@ -19,12 +19,15 @@ def constraints(record: dict[str, Any], budget, base_accuracy: float) -> dict[st
 
     Each is the violation relative to its limit (``latency / max - 1``, ``size / max - 1``,
     ``(floor - accuracy) / floor``), so ms, MB and percentage points weigh alike when the
-    sampler ranks infeasible trials by their summed violation.
+    sampler ranks infeasible trials by their summed violation. The latency ratio to the base
+    (``metrics.latency_vs_base``) counts where it was measured, i.e. for every trial.
     """
     m = record["metrics"]
     out = {}
     if budget.max_latency_ms is not None:
         out["latency"] = m["latency_ms"] / budget.max_latency_ms - 1.0
+    if budget.max_latency_vs_base is not None and m.get("latency_vs_base") is not None:
+        out["latency_vs_base"] = m["latency_vs_base"] / budget.max_latency_vs_base - 1.0
     if budget.max_size_mb is not None:
         out["size"] = m["size_mb"] / budget.max_size_mb - 1.0
     if budget.max_accuracy_drop is not None:

@@ -57,7 +57,7 @@ class TrialSpec:
         keep_artefact: Keep the saved artefact under ``trials/<number>/``.
         floor: Accuracy floor in % for early stopping (base minus the allowed drop).
         history: Per-epoch curves ``[[step, accuracy], ...]`` of finished trials, for early stopping.
-        front: ``[accuracy, latency ms, size MB]`` of the feasible trials on the front, for early stopping.
+        front: ``[accuracy, latency ms, size MB, latency / base]`` of the feasible trials on the front, for early stopping.
     """
 
     number: int
@@ -221,7 +221,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             out["probe_from"] = probe.pop("trial")
         durations["structure_first"] = round(time.perf_counter() - t0, 3)
         out["probe"] = probe["metrics"]
-        rule.position = (probe["metrics"]["latency_ms"], probe["metrics"]["size_mb"])
+        rule.position = (probe["metrics"]["latency_ms"], probe["metrics"]["size_mb"], probe["metrics"].get("latency_vs_base"))
         verdict = structure_verdict(probe["metrics"], config)
         if verdict:
             probe.update(out, artefact=None, stopped={"stage": "structure", "reason": verdict})
@@ -259,8 +259,9 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
                      params=count_params(result if isinstance(result, torch.nn.Module) else model))
     record.update(out)
     durations.update(record.pop("timings"))
+    record = _counted(record, teacher_outputs)
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))
-    return _counted(record, teacher_outputs)
+    return record
 
 
 def _counted(record: dict[str, Any], teacher_outputs: TeacherOutputs | None) -> dict[str, Any]:
@@ -325,9 +326,13 @@ def structure_verdict(metrics: dict, config: RunConfig) -> str | None:
     budget = config.budget
     if budget.max_size_mb is not None and metrics["size_mb"] > budget.max_size_mb:
         return f"size {metrics['size_mb']:.3f} MB > budget {budget.max_size_mb} MB before fine-tuning"
-    limit = None if budget.max_latency_ms is None else budget.max_latency_ms * (1 + config.search.latency_margin)
-    if limit is not None and metrics["latency_ms"] > limit:
+    margin = 1 + config.search.latency_margin
+    if budget.max_latency_ms is not None and metrics["latency_ms"] > budget.max_latency_ms * margin:
         return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
+                f"(+{config.search.latency_margin:.0%} margin) before fine-tuning")
+    ratio = metrics.get("latency_vs_base")
+    if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
+        return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
                 f"(+{config.search.latency_margin:.0%} margin) before fine-tuning")
     return None
 
@@ -392,7 +397,8 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     }
     if BASE in lat:
         record["base_latency_same_window"] = lat[BASE].to_dict()
-        record["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
+        record["latency_vs_base"] = record["metrics"]["latency_vs_base"] = round(
+            lat["trial"].median_ms / lat[BASE].median_ms, 4)
     if not (keep or spec.number < 0):
         for f in artefact.files:
             f.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """Does spending the night on promising trials pay? (issue: Spend the night)
 
 The joint search (prune x distill x quantize, TPE) on the shared CIFAR-10 ResNet-18, with a real
-budget (accuracy drop <= 3 pp, size <= 12 MB, latency <= 0.75 x the ONNX Runtime base), run for
-the same wall-clock time and seeds twice:
+budget (accuracy drop <= 3 pp, size <= 12 MB, latency <= 0.75 x the ONNX Runtime base timed beside
+each trial, ``budget.max_latency_vs_base``; ``--ms-budget``: 0.75 x the base timed once at the
+start, in ms, as before 2026-11-26), run for the same wall-clock time and seeds twice:
 
     plain   structure_first, early_stop, cache and warm_start all off
     fast    structure_first on (with its per-run memo of probed structures), early_stop
@@ -77,6 +78,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--samples", type=int, default=6000, help="CIFAR-10 images per split cap")
     parser.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    parser.add_argument("--ms-budget", action="store_true",
+                        help="latency budget in ms (0.75x the base timed at the start) instead of 0.75x the base "
+                             "timed beside each trial")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/spend[-random]")
     args = parser.parse_args(argv)
     args.out = args.out or ROOT / "benchmarks" / "results" / ("spend" if args.sampler == "tpe" else f"spend-{args.sampler}")
@@ -92,8 +96,10 @@ def main(argv=None) -> int:
     run_search(ref_dir, run_config(args, 0, args.out / "space-reference.yaml", trials=1), {"quantize": {"none": {}}},
                prepare_only=True)
     ref = Reference(json.loads((ref_dir / "base.json").read_text()))
-    budget = {"max_accuracy_drop": 3.0, "max_size_mb": 12.0,
-              "max_latency_ms": round(0.75 * ref.by_runtime["onnxruntime"]["latency_ms"], 4)}
+    budget = {"max_accuracy_drop": 3.0, "max_size_mb": 12.0, "max_latency_vs_base": 0.75}
+    if args.ms_budget:  # how the runs before 2026-11-26 set it: 0.75x the base timed once, at the start
+        budget = {**budget, "max_latency_vs_base": None,
+                  "max_latency_ms": round(0.75 * ref.by_runtime["onnxruntime"]["latency_ms"], 4)}
     results = []
     for seed in args.seeds:
         for name, flags in ARMS.items():
@@ -117,7 +123,8 @@ def write_report(summary: dict, out: Path) -> None:
             f"{summary['total_wall_s'] / 60:.1f} min; `python benchmarks/spend.py {' '.join(summary['argv'])}`.", "",
             f"Sampler {summary.get('sampler', 'tpe')}; same wall per run ({results[0]['wall_s']:.0f} s), seeds {sorted({r['seed'] for r in results})}; budget: "
             f"accuracy drop ≤ {b['max_accuracy_drop']} pp, size ≤ {b['max_size_mb']} MB, latency ≤ "
-            f"{b['max_latency_ms']} ms (0.75x the ONNX Runtime base).", "",
+            + (f"{b['max_latency_ms']} ms (0.75x the ONNX Runtime base timed at the start)." if b.get("max_latency_ms")
+               else f"{b['max_latency_vs_base']}x the ONNX Runtime base timed beside each trial."), "",
             "| search | decided per hour, median (per seed) | feasible-front hypervolume (per seed) | fine-tuned trials | "
             "KD epochs trained | teacher batches read / run | stopped: structure / floor / front | probe reused | cache hits "
             "| cancelled at the limit |",

@@ -69,6 +69,19 @@ def test_front_needs_a_point_faster_by_the_margin_and_no_larger():
     assert err.value.rule == "front"                         # `halving` includes it
 
 
+def test_front_compares_latency_as_ratios_to_the_base_when_both_have_one():
+    history = [[[1, 70], [2, 70]]] * 3
+    # timed while the machine was fast: fewer ms, but the same speed-up over the base as this trial
+    drifted = StopRule(mode="front", history=history, front=[[90.0, 0.5, 1.0, 0.7]], position=(1.0, 2.0, 0.7))
+    drifted.check(1, 50)
+    faster = StopRule(mode="front", history=history, front=[[90.0, 0.9, 1.0, 0.5]], position=(0.8, 2.0, 0.7))
+    with pytest.raises(StopTrial, match="0.500x vs 0.700x"):
+        faster.check(1, 50)                                  # more ms, but timed on a slow machine: faster
+    no_ratio = StopRule(mode="front", history=history, front=[[90.0, 0.5, 1.0, None]], position=(1.0, 2.0, 0.7))
+    with pytest.raises(StopTrial):
+        no_ratio.check(1, 50)                                # a point without a ratio: compared in ms
+
+
 def test_only_curves_on_the_same_schedule_are_compared():
     two_epochs = [[[1, 80], [2, 81]]] * 3                 # 2-epoch fine-tunes gained 1 pp after epoch 1
     rule = StopRule(mode="budget", floor=90, history=two_epochs)

@@ -37,3 +37,16 @@ def test_an_append_after_a_torn_line_starts_a_new_line(tmp_path):
     run.append_trial({"number": 2})
     assert [r["number"] for r in run.trials()] == [0, 2]
     assert run.trials_file.read_text().count("\n") == 3
+
+
+def test_the_latency_ratio_budget_judges_the_ratio_timed_beside_the_base_not_milliseconds():
+    from autocompress.config import BudgetConfig
+    from autocompress.pareto import constraints
+
+    budget = BudgetConfig(max_latency_ms=None, max_size_mb=None, max_accuracy_drop=None, max_latency_vs_base=0.75)
+    slow_machine = {"metrics": {"accuracy": 80.0, "latency_ms": 9.0, "size_mb": 1.0, "latency_vs_base": 0.6}}
+    assert constraints(slow_machine, budget, 80.0) == {"latency_vs_base": pytest.approx(0.6 / 0.75 - 1)}
+    too_slow = {"metrics": {"accuracy": 80.0, "latency_ms": 0.1, "size_mb": 1.0, "latency_vs_base": 0.9}}
+    assert constraints(too_slow, budget, 80.0)["latency_vs_base"] == pytest.approx(0.2)
+    both = BudgetConfig(max_latency_ms=1.0, max_size_mb=None, max_accuracy_drop=None, max_latency_vs_base=0.75)
+    assert set(constraints(slow_machine, both, 80.0)) == {"latency", "latency_vs_base"}

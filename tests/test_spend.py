@@ -7,8 +7,9 @@ import json
 import optuna
 import pytest
 
-from autocompress.config import RunConfig
+from autocompress.config import BudgetConfig, RunConfig
 from autocompress.controller import Search
+from autocompress.pareto import constraints
 from autocompress.trial import run_trial
 from conftest import write_yaml
 
@@ -69,6 +70,14 @@ def test_a_structure_over_the_latency_budget_never_starts_its_fine_tune(prepared
     assert full["state"] == "complete" and "stopped" not in full
     assert [step for step, _ in full["curve"]] == [1, 2, 3] and full["durations"]["distill"] > 0
     assert full["probe"]["size_bytes"] == full["metrics"]["size_bytes"]   # the structure decides the size
+
+
+def test_a_structure_over_the_latency_ratio_budget_never_starts_its_fine_tune(prepared):
+    record = run_trial(_spec(prepared, 5, PRUNE_KD, budget={"max_latency_vs_base": 0.01}))
+    assert record["stopped"]["stage"] == "structure" and "x the base > budget 0.01x" in record["stopped"]["reason"]
+    assert "distill" not in record["durations"] and 0 < record["metrics"]["latency_vs_base"]
+    budget = BudgetConfig(max_latency_ms=None, max_size_mb=None, max_accuracy_drop=None, max_latency_vs_base=0.01)
+    assert constraints(record, budget, 0.0)["latency_vs_base"] > 0            # told to Optuna as infeasible
 
 
 def test_a_size_stop_is_told_to_optuna_as_infeasible_with_its_figures(tmp_path, tiny_config_dict):
@@ -176,7 +185,7 @@ def test_a_trial_that_cannot_reach_the_front_stops(prepared):
 
 def test_the_front_handed_to_trials_holds_feasible_finished_trials_only(prepared):
     def rec(n, acc, lat, mb, feasible, state="complete"):
-        return {"number": n, "state": state, "feasible": feasible, "curve": [[1, acc]],
+        return {"number": n, "state": state, "feasible": feasible, "curve": [[1, acc]], "latency_vs_base": lat / 2,
                 "metrics": {"accuracy": acc, "latency_ms": lat, "size_mb": mb}}
 
     saved = dict(prepared.records)
@@ -184,7 +193,7 @@ def test_the_front_handed_to_trials_holds_feasible_finished_trials_only(prepared
         prepared.records.clear()
         prepared.records.update({0: rec(0, 90, 1.0, 4.0, True), 1: rec(1, 95, 0.5, 2.0, False),
                                  2: rec(2, 80, 2.0, 8.0, True), 3: rec(3, 85, 0.5, 1.0, False, "pruned")})
-        assert prepared._stop_inputs()["front"] == [[90.0, 1.0, 4.0]]   # 2 is dominated, 1 and 3 do not count
+        assert prepared._stop_inputs()["front"] == [[90.0, 1.0, 4.0, 0.5]]   # 2 is dominated, 1 and 3 do not count
     finally:
         prepared.records.clear()
         prepared.records.update(saved)
