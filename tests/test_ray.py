@@ -205,10 +205,15 @@ def test_time_limit_is_honoured_within_one_trial(ray_cluster, tmp_path, tiny_con
     hung = next(r for r in rows if r["number"] == 0)
     assert hung["number"] == 0 and hung["state"] == "fail" and hung["interrupted"]
     assert hung["reason"] == "cancelled at time limit"
-    assert pareto["trials_interrupted"] == 1 and pareto["trials_failed"] == 0
+    # the other worker's trial may still be running at the limit too (one that takes longer than the
+    # median the controller starts it on): it is cancelled and re-queued the same way, nothing else is
+    cancelled = [r for r in rows if r.get("interrupted")]
+    assert all(r["reason"] == "cancelled at time limit" for r in cancelled) and len(cancelled) <= 2
+    assert pareto["trials_interrupted"] == len(cancelled) and pareto["trials_failed"] == 0
     study = study_of(tmp_path / "run")
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [study.trials[0].params]
+    requeued = sorted(json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in waiting)
+    assert requeued == sorted(json.dumps(study.trials[r["number"]].params, sort_keys=True) for r in cancelled)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     pid = int((plugins / "pids" / "t-0.pid").read_text())
     for _ in range(50):  # ray.cancel(force=True) killed the hung worker
