@@ -9,8 +9,10 @@ the curves that fine-tuning plugins report (``ctx.report(step, accuracy)``):
   plus the largest gain a finished trial on the same schedule (ending at the same step) made
   after it, plus two standard deviations of the validation slice's sampling noise, corrected for
   how the base scores on the slice vs the whole split. Until ``min_history`` such curves reached
-  the step the gain assumed is ``default_gain_pp`` (30 pp: fine-tunes with a one-cycle schedule
-  gain much after their first epoch, so the rule only stops hopeless trials before it has learned).
+  the step nothing is stopped (``default_gain_pp`` = ``None``): a one-cycle fine-tune can climb
+  from chance to the top after its first epoch (10 % -> 99 % on digits), so any gain assumed
+  without curves would be a guess, and trials it stopped would never add the curves that
+  correct it.
 * ``front`` (the default): ``budget``, and also stop a trial that cannot reach the Pareto front.
   Its latency and size are known before it trains (the structure probe), so it is hopeless when
   a feasible finished trial is at least as accurate as its best case, at least
@@ -46,7 +48,8 @@ class StopRule:
         mode: ``none``, ``budget``, ``front`` or ``halving``.
         floor: Accuracy floor in percent (``None`` = no accuracy budget).
         history: Curves of finished trials, each ``[[step, accuracy], ...]``.
-        default_gain_pp: Gain assumed possible after a step until ``min_history`` finished curves reached it.
+        default_gain_pp: Gain assumed possible after a step until ``min_history`` finished curves
+            reached it; ``None`` (default) = unbounded: no ``budget`` or ``front`` stop before then.
         min_history: Finished curves needed at a step before their gains (``budget``) or their
             median (``halving``) are used.
         front: ``[accuracy %, latency ms, size MB, latency / base or None]`` of the feasible finished
@@ -65,7 +68,7 @@ class StopRule:
     mode: str = "none"
     floor: float | None = None
     history: list[list[list[float]]] = field(default_factory=list)
-    default_gain_pp: float = 30.0
+    default_gain_pp: float | None = None
     min_history: int = 3
     front: list[list[float | None]] = field(default_factory=list)
     position: tuple[float, ...] | tuple[float, float, float | None] | None = None
@@ -87,7 +90,9 @@ class StopRule:
             at = [acc for s, acc in curve if s == step]
             if at:
                 gains.append(curve[-1][1] - at[0])
-        return max(gains) if len(gains) >= self.min_history else self.default_gain_pp
+        if len(gains) >= self.min_history:
+            return max(gains)
+        return math.inf if self.default_gain_pp is None else self.default_gain_pp
 
     def best_case(self, step: int, accuracy: float, last: int | None = None) -> float:
         """The highest whole-split accuracy the trial can plausibly end at."""

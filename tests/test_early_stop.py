@@ -31,7 +31,8 @@ def test_budget_uses_a_default_gain_before_any_history():
 
 def test_budget_trusts_history_only_from_min_history_curves():
     one = [[[1, 80], [2, 81]]]                      # one finished curve gained 1 pp: not enough to judge
-    StopRule(mode="budget", floor=90, history=one).check(1, 70)      # 70 + 30 (default) >= 90
+    StopRule(mode="budget", floor=90, history=one).check(1, 10)      # no gain assumed: nothing stops yet
+    StopRule(mode="front", floor=90, history=one, front=[[95.0, 0.1, 0.1]], position=(1.0, 1.0)).check(1, 10)
     with pytest.raises(StopTrial):
         StopRule(mode="budget", floor=90, history=one * 3).check(1, 70)   # 70 + 1 < 90
 
@@ -87,7 +88,7 @@ def test_only_curves_on_the_same_schedule_are_compared():
     rule = StopRule(mode="budget", floor=90, history=two_epochs)
     with pytest.raises(StopTrial):
         rule.check(1, 70, last=2)                           # same schedule: 70 + 1 < 90
-    rule.check(1, 70, last=3)                               # a 3-epoch one-cycle run: no peers, 30 pp assumed
+    rule.check(1, 10, last=3)                               # a 3-epoch one-cycle run: no peers, no stop
     three_epochs = two_epochs + [[[1, 60], [2, 75], [3, 85]]] * 3
     with pytest.raises(StopTrial, match=r"\+25\.00 pp"):
         StopRule(mode="budget", floor=90, history=three_epochs).check(1, 64, last=3)   # 64 + 25 < 90

@@ -101,7 +101,10 @@ def test_a_curve_that_cannot_reach_the_floor_stops_and_is_recorded(tmp_path, tin
     space = {"prune": {"channel_prune": {"ratio": 0.6}}, "distill": {"logit_kd": {"epochs": 3, "lr": 0.003}}}
     config = _config(tmp_path, tiny_config_dict, space, **{"budget.max_accuracy_drop": 0.0})
     config.search.trials = 1
-    Search(config=config, run_dir=tmp_path / "run").search()
+    search = Search(config=config, run_dir=tmp_path / "run")
+    inputs = search._stop_inputs      # as if three fine-tunes on this schedule had gained 2 pp after epoch 1
+    search._stop_inputs = lambda: {**inputs(), "history": [[[1, 50.0], [2, 51.0], [3, 52.0]]] * 3}
+    search.search()
     record = json.loads((tmp_path / "run" / "trials.jsonl").read_text().splitlines()[0])
     base = json.loads((tmp_path / "run" / "base.json").read_text())["metrics"]
     assert record["state"] == "pruned"
