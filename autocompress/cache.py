@@ -9,13 +9,15 @@ deleted and rebuilt, never loaded (so only bytes this run wrote are ever unpickl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from autocompress.results import atomic_write
 
 
 def content_key(*parts: Any) -> str:
@@ -71,20 +73,11 @@ class ModelCache:
 
     def put(self, key: str, module: torch.nn.Module, meta: dict | None = None) -> None:
         """Stores a module atomically (a reader sees the whole entry or none)."""
-        self.root.mkdir(parents=True, exist_ok=True)
         blob, sidecar = self._paths(key)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(module, tmp)
-            digest = _sha256(Path(tmp))
-            os.replace(tmp, blob)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"sha256": digest, "meta": meta or {}}, fh)
-        os.replace(tmp, sidecar)
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        atomic_write(blob, buffer.getvalue())
+        atomic_write(sidecar, json.dumps({"sha256": hashlib.sha256(buffer.getbuffer()).hexdigest(), "meta": meta or {}}))
         if self.max_bytes is not None:
             self._evict(keep=key)
 

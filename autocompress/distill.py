@@ -4,8 +4,7 @@ teacher's outputs kept per batch so a run computes them once."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
+
+from autocompress.results import atomic_write
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Teacher = Callable[[torch.Tensor], torch.Tensor]
@@ -125,15 +126,10 @@ class TeacherOutputs:
             self._disk_bytes = sum(f.stat().st_size for f in self.folder.glob("*.pt")) if self.folder.is_dir() else 0
         if self.max_bytes is not None and self._disk_bytes >= self.max_bytes:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"outputs": out, "sha256": _digest(out)}, tmp)
-            self._disk_bytes += Path(tmp).stat().st_size
-            os.replace(tmp, self.folder / f"{key}.pt")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        torch.save({"outputs": out, "sha256": _digest(out)}, buffer)
+        atomic_write(self.folder / f"{key}.pt", buffer.getvalue())
+        self._disk_bytes += buffer.tell()
 
     @classmethod
     def _keep(cls, slot: tuple[str, str], out: torch.Tensor) -> None:

@@ -77,8 +77,9 @@ class RunFolder:
             fh.write(line.rstrip() + "\n")
 
 
-def atomic_write(path: Path, text: str) -> Path:
-    """Writes through a temporary file and ``os.replace`` so readers see old or new, never half."""
+def atomic_write(path: Path, text: str | bytes) -> Path:
+    """Writes text or bytes through a temporary file and ``os.replace`` so readers see old or new,
+    never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -86,7 +87,7 @@ def atomic_write(path: Path, text: str) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give it the mode a plain open() would
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
