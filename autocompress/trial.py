@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -209,11 +209,15 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         structural = [s for s in steps if s[3].changes_structure]
         probes = _ProbeMemo(spec.run_dir, runtime.name, structural) if config.search.cache else None
         probe = probes.get() if probes else None
+        if probe is not None and "accuracy" not in probe["metrics"] and structure_verdict(probe["metrics"], config):
+            probe = None  # probed under another budget, without the accuracy a stopped trial's record needs
         if probe is None:
             ctx = context(True, work / "probe")
             module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={})
             result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={})
-            probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module))
+            # an untrained structure's accuracy only matters to the record of a trial stopped here
+            probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module),
+                            accuracy_if=lambda metrics: structure_verdict(metrics, config) is not None)
             probe.pop("timings")
             if probes:
                 probes.put(probe, spec.number)
@@ -343,8 +347,16 @@ def _base_id(run_dir: str) -> str:
 
 
 def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec: TrialSpec, config: RunConfig,
-                      runtime, data: DataBundle, device: torch.device, keep: bool, params: int) -> dict[str, Any]:
-    """Saves ``result`` for the runtime at ``final``, reloads it and measures accuracy, latency, size."""
+                      runtime, data: DataBundle, device: torch.device, keep: bool, params: int,
+                      accuracy_if: Callable[[dict], bool] | None = None,
+                      known: dict | None = None) -> dict[str, Any]:
+    """Saves ``result`` for the runtime at ``final``, reloads it and measures latency, size and accuracy.
+
+    Args:
+        accuracy_if: Given the metrics without accuracy, whether to evaluate accuracy (a structure
+            probe needs it only when the structure is stopped); ``None`` = always.
+        known: Accuracy figures already known for these exact bytes (a reused artefact): not evaluated again.
+    """
     threads = config.device.threads
     timings = {}
     t0 = time.perf_counter()
@@ -372,8 +384,6 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
 
     t0 = time.perf_counter()
     predict = runtime.load(artefact, threads=threads, device=device.type)
-    accuracy = top1(predict, data.val, batch_size=config.data.batch_size)
-    test_accuracy = top1(predict, data.test, batch_size=config.data.batch_size)
     predictors = {"trial": predict}
     base_path = Path(spec.run_dir) / "base" / f"model{runtime.suffix}"
     if spec.number >= 0 and base_path.exists():
@@ -382,14 +392,20 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     with measurement_lock():
         lat = measure_latency(predictors, data.test.example(config.device.batch_size), warmup=config.device.warmup,
                               repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
-    timings["measure"] = round(time.perf_counter() - t0, 3)
     size = artefact.size_bytes()
+    metrics = {"latency_ms": lat["trial"].median_ms, "size_bytes": size, "size_mb": round(size / 1e6, 6),
+               "params": params, "precision": artefact.precision, "runtime": artefact.runtime}
+    if BASE in lat:
+        metrics["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
+    if known is not None:
+        metrics = {"accuracy": known["accuracy"], "test_accuracy": known["test_accuracy"], **metrics}
+    elif accuracy_if is None or accuracy_if(metrics):
+        metrics = {"accuracy": round(top1(predict, data.val, batch_size=config.data.batch_size), 4),
+                   "test_accuracy": round(top1(predict, data.test, batch_size=config.data.batch_size), 4),
+                   **metrics}
+    timings["measure"] = round(time.perf_counter() - t0, 3)
     record = {
-        "metrics": {
-            "accuracy": round(accuracy, 4), "test_accuracy": round(test_accuracy, 4),
-            "latency_ms": lat["trial"].median_ms, "size_bytes": size, "size_mb": round(size / 1e6, 6),
-            "params": params, "precision": artefact.precision, "runtime": artefact.runtime,
-        },
+        "metrics": metrics,
         "latency": lat["trial"].to_dict(),
         "timings": timings,
         "artefact": str(final.relative_to(spec.run_dir)) if keep or spec.number < 0 else None,
@@ -397,8 +413,7 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     }
     if BASE in lat:
         record["base_latency_same_window"] = lat[BASE].to_dict()
-        record["latency_vs_base"] = record["metrics"]["latency_vs_base"] = round(
-            lat["trial"].median_ms / lat[BASE].median_ms, 4)
+        record["latency_vs_base"] = metrics["latency_vs_base"]
     if not (keep or spec.number < 0):
         for f in artefact.files:
             f.unlink(missing_ok=True)

@@ -174,6 +174,20 @@ def test_a_probed_structure_is_reused_and_a_bad_memo_probed_again(prepared):
     assert json.loads(memo[20].read_text())["trial"] == 24
 
 
+def test_a_probe_within_budget_skips_accuracy_and_is_probed_again_when_a_budget_stops_it(prepared):
+    pruned = dict(PRUNE_KD, prune=["channel_prune", {"ratio": 0.5}])  # a structure no other test probes
+    passed = run_trial(_spec(prepared, 27, pruned, search_cfg={"early_stop": "none"}))
+    assert "stopped" not in passed and "probe_from" not in passed and passed["probe"]["latency_ms"] > 0
+    assert "accuracy" not in passed["probe"] and "test_accuracy" not in passed["probe"]   # never evaluated
+    assert passed["metrics"]["accuracy"] > 0                                              # the final artefact is
+    # the memo holds no accuracy, which a trial stopped at the structure needs for its record
+    stopped = run_trial(_spec(prepared, 28, pruned, budget={"max_latency_ms": 1e-6}))
+    assert stopped["stopped"]["stage"] == "structure" and "probe_from" not in stopped
+    assert 0 <= stopped["metrics"]["accuracy"] <= 100 and stopped["metrics"] == stopped["probe"]
+    again = run_trial(_spec(prepared, 29, pruned, budget={"max_latency_ms": 1e-6}))
+    assert again["probe_from"] == 28 and again["metrics"] == stopped["metrics"]
+
+
 def test_a_trial_that_cannot_reach_the_front_stops(prepared):
     flat = [[[1, 50.0], [2, 50.0], [3, 50.0]]] * 3          # finished trials gained nothing after epoch 1
     better = [[100.0, 1e-6, 1e-6]]                           # a feasible front point better everywhere
