@@ -1,9 +1,13 @@
-"""A content-addressed cache of intermediate models in the run folder.
+"""Content-addressed caches of models in the run folder.
 
-Trials that share their first stages (the same pruning and distillation, a different
-quantization) reuse the fine-tuned float model instead of training it again. Each entry is a
-pickled module plus a JSON sidecar with its SHA-256; an entry whose bytes do not match is
-deleted and rebuilt, never loaded (so only bytes this run wrote are ever unpickled).
+:class:`ModelCache`: trials that share their first stages (the same pruning and distillation, a
+different quantization) reuse the fine-tuned float model instead of training it again. Each
+entry is a pickled module plus a JSON sidecar with its SHA-256; an entry whose bytes do not
+match is deleted and rebuilt, never loaded (so only bytes this run wrote are ever unpickled).
+
+:class:`ArtefactCache`: a trial that repeats an earlier trial's whole configuration (samplers
+propose repeats) reuses its finished artefact and accuracy, verified the same way, and only
+times it again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +94,84 @@ class ModelCache:
                 entries.append((sidecar.stat().st_mtime, sidecar.stem, blob.stat().st_size + sidecar.stat().st_size))
             except OSError:
                 continue
-        total = sum(size for _, _, size in entries)
-        for _, key, size in sorted(entries):
-            if total <= self.max_bytes:
-                break
-            if key == keep:
+        _evict_oldest(entries, self.max_bytes, keep, lambda key: [p.unlink(missing_ok=True) for p in self._paths(key)])
+
+
+class ArtefactCache:
+    """Finished artefacts by the trial's whole configuration, under ``root``.
+
+    An entry is a folder of files (hard links to the trial's own files where the file system
+    allows, so a kept artefact is not stored twice) and a JSON sidecar, written last, with
+    each file's SHA-256 and the figures that depend only on the bytes (accuracy, params). A
+    file that is missing or does not match removes the entry: the trial runs in full.
+
+    Args:
+        root: The cache folder (``RUN/cache/artefacts``).
+        max_bytes: Disk cap; after a ``put`` the least recently used entries beyond it are removed.
+    """
+
+    def __init__(self, root: Path | str, max_bytes: float | None = None) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.corrupt = 0
+
+    def get(self, key: str) -> tuple[dict[str, Path], dict] | None:
+        """``({file name: path}, metadata)`` of a whole entry, or ``None`` (missing or corrupt: then removed)."""
+        sidecar = self.root / f"{key}.json"
+        if not sidecar.exists():
+            return None
+        try:
+            info = json.loads(sidecar.read_text())
+            files = {name: self.root / key / name for name in info["files"]}
+            ok = all(path.is_file() and _sha256(path) == info["files"][name] for name, path in files.items())
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            self.corrupt += 1
+            self._remove(key)
+            return None
+        os.utime(sidecar)  # recently used: evicted last
+        return files, info.get("meta", {})
+
+    def put(self, key: str, files: list[Path], meta: dict | None = None) -> None:
+        """Stores ``files`` (by name) and ``meta``; a reader sees the whole entry or none."""
+        folder = self.root / key
+        self._remove(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        digests = {}
+        for path in map(Path, files):
+            dest = folder / path.name
+            try:
+                os.link(path, dest)
+            except OSError:  # another file system, or no hard links
+                shutil.copyfile(path, dest)
+            digests[path.name] = _sha256(dest)
+        atomic_write(self.root / f"{key}.json", json.dumps({"files": digests, "meta": meta or {}}))
+        if self.max_bytes is not None:
+            self._evict(keep=key)
+
+    def _remove(self, key: str) -> None:
+        (self.root / f"{key}.json").unlink(missing_ok=True)
+        shutil.rmtree(self.root / key, ignore_errors=True)
+
+    def _evict(self, keep: str) -> None:
+        entries = []
+        for sidecar in self.root.glob("*.json"):
+            try:
+                size = sidecar.stat().st_size + sum(f.stat().st_size for f in (self.root / sidecar.stem).iterdir())
+                entries.append((sidecar.stat().st_mtime, sidecar.stem, size))
+            except OSError:
                 continue
-            for path in self._paths(key):
-                path.unlink(missing_ok=True)
-            total -= size
+        _evict_oldest(entries, self.max_bytes, keep, self._remove)
+
+
+def _evict_oldest(entries: list[tuple[float, str, int]], max_bytes: float, keep: str, remove) -> None:
+    """Removes the least recently used ``(mtime, key, bytes)`` entries until the rest fit ``max_bytes``."""
+    total = sum(size for _, _, size in entries)
+    for _, key, size in sorted(entries):
+        if total <= max_bytes:
+            break
+        if key == keep:
+            continue
+        remove(key)
+        total -= size

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import functools
 import json
+import os
 import platform
 import shutil
 import socket
@@ -27,7 +28,7 @@ from autocompress.data import DataBundle, load_data
 from autocompress.distill import TeacherOutputs
 from autocompress.measure import count_params, measure_latency, module_predictor, top1
 from autocompress.models import create_model
-from autocompress.cache import ModelCache, content_key
+from autocompress.cache import ArtefactCache, ModelCache, content_key
 from autocompress.early_stop import StopRule, StopTrial
 from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
 from autocompress.registry import Registry, discover
@@ -124,7 +125,8 @@ def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
     the full latency statistics, stage durations, the fine-tune curve and the artefact path;
     ``probe`` (figures of the untrained structure), ``stopped`` (stage, step, accuracy, reason of an
     early stop: a ``structure`` stop keeps state ``complete`` with the probe's figures, so the
-    sampler's constraints learn from it) and ``cache`` (reuse of a fine-tuned model).
+    sampler's constraints learn from it) and ``cache`` (reuse of a fine-tuned model, ``kind: model``,
+    or of a repeated configuration's whole artefact, ``kind: artefact``, then only timed again).
     """
     if isinstance(spec, dict):
         spec = TrialSpec(**spec)
@@ -155,6 +157,7 @@ def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
 
 
 def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
+    t_start = time.perf_counter()
     config = RunConfig.model_validate(spec.config)
     threads = config.device.threads
     torch.set_num_threads(threads)
@@ -201,6 +204,17 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
                                 device=device)
     out: dict[str, Any] = {"durations": durations, "curve": curve}
     trains = spec.number >= 0 and not spec.structure_only and any(cls.fine_tunes for *_, cls in steps)
+    artefacts = whole_key = None
+    if config.search.cache and spec.number >= 0 and spec.keep_artefact and not spec.structure_only:
+        artefacts = ArtefactCache(Path(spec.run_dir) / "cache" / "artefacts", max_bytes=config.search.cache_mb * 1e6)
+        whole_key = content_key(_base_id(spec.run_dir), runtime.name, [
+            [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in steps])
+        hit = artefacts.get(whole_key)
+        if hit is not None:  # the same configuration, trained and quantized on the same batches: the same bytes
+            return _remeasure(*hit, key=whole_key, out_dir=out_dir, runtime=runtime, measure=measure, curve=curve,
+                              durations=durations)
+        if artefacts.corrupt:
+            out["artefact_cache"] = {"key": whole_key, "corrupt_rebuilt": True}
     if trains and rule.mode != "none":
         rule.slice_bias = _slice_bias(spec.run_dir, config.model_dump_json())
 
@@ -242,11 +256,12 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         if hit is not None:
             model, meta = hit
             curve.extend(meta.get("curve", []))
-            out["cache"] = {"key": key, "hit": True, "from_trial": meta.get("trial"), "saved_s": meta.get("seconds")}
+            out["cache"] = {"key": key, "hit": True, "kind": "model", "from_trial": meta.get("trial"),
+                            "saved_s": meta.get("seconds")}
             steps = [s for s in steps if s[0] == Stage.QUANTIZE]
             prefix = []
         else:
-            out["cache"] = {"key": key, "hit": False, "corrupt_rebuilt": cache.corrupt > 0}
+            out["cache"] = {"key": key, "hit": False, "kind": "model", "corrupt_rebuilt": cache.corrupt > 0}
     try:
         t_prefix = time.perf_counter()
         model = _apply(prefix, model, ctx, durations, offset=offset, curve=curve)
@@ -264,6 +279,35 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     record.update(out)
     durations.update(record.pop("timings"))
     record = _counted(record, teacher_outputs)
+    if artefacts is not None and record["artefact"] is not None:
+        m = record["metrics"]
+        artefacts.put(whole_key, sorted(f for f in out_dir.glob("model*") if f.is_file()), {
+            "trial": spec.number, "main": f"model{runtime.suffix}", "precision": m["precision"], "params": m["params"],
+            "accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"], "curve": list(curve),
+            "seconds": round(time.perf_counter() - t_start, 3)})
+    (out_dir / "record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, runtime, measure, curve: list,
+               durations: dict) -> dict[str, Any]:
+    """The record of a trial whose whole configuration ran before: its artefact, timed again now."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        dest = out_dir / name
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:
+            shutil.copyfile(path, dest)
+    main = out_dir / meta["main"]
+    extras = [out_dir / name for name in files if name not in (meta["main"], MODULE_FILE)]
+    record = measure(Artefact(main, runtime.name, meta["precision"], extra_files=extras), main, keep=True,
+                     params=meta["params"], known=meta)
+    curve.extend(meta.get("curve", []))
+    durations.update(record.pop("timings"))
+    record.update(durations=durations, curve=curve, cache={
+        "key": key, "hit": True, "kind": "artefact", "from_trial": meta.get("trial"), "saved_s": meta.get("seconds")})
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))
     return record
 
@@ -373,13 +417,16 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     else:
         if result.runtime != runtime.name:
             raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
-        shutil.move(str(result.path), final)
-        extras = []
-        for extra in result.extra_files:  # e.g. an OpenVINO IR's .bin beside its .xml
-            dest = final.with_suffix(Path(extra).suffix)
-            shutil.move(str(extra), dest)
-            extras.append(dest)
-        artefact = Artefact(final, result.runtime, result.precision, extra_files=extras)
+        if Path(result.path) == final:  # already in place (a reused artefact)
+            artefact = result
+        else:
+            shutil.move(str(result.path), final)
+            extras = []
+            for extra in result.extra_files:  # e.g. an OpenVINO IR's .bin beside its .xml
+                dest = final.with_suffix(Path(extra).suffix)
+                shutil.move(str(extra), dest)
+                extras.append(dest)
+            artefact = Artefact(final, result.runtime, result.precision, extra_files=extras)
     timings["export"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()

@@ -7,10 +7,14 @@ start, in ms, as before 2026-11-26), run for the same wall-clock time and seeds 
 
     plain   structure_first, early_stop, cache and warm_start all off
     fast    structure_first on (with its per-run memo of probed structures), early_stop
-            ``front``, the cache (fine-tuned models, and the teacher's outputs per batch), warm start
+            ``halving`` (``--fast-stop`` picks another rule; ``front`` before 2026-11-26 noon), the cache
+            (fine-tuned models, repeated configurations' artefacts, the teacher's outputs per batch),
+            warm start
 
-Reported per run: trials decided (finished or stopped) per hour, how many were stopped and
-where, cache and probe reuse, fine-tune epochs run, and the hypervolume of the feasible front
+Reported per run: trials decided (finished or stopped) per hour, also counting each configuration
+once (samplers propose repeats, which the fast arm answers from its cache and only times again),
+how many were stopped and where, cache and probe reuse, fine-tune epochs run, and the
+hypervolume of the feasible front
 (base-relative objectives, reference = the base 5 pp less accurate; see ``proof.py``).
 ``--samples`` sets the CIFAR-10 images per split, so a fine-tune epoch costs what it costs in
 use (6,000: ~4,500 training images, ~10 s per KD epoch on 2 cores).
@@ -47,7 +51,7 @@ SPACE = {
 }
 ARMS = {
     "plain": {"structure_first": False, "early_stop": "none", "cache": False, "warm_start": False},
-    "fast": {"structure_first": True, "early_stop": "front", "cache": True, "warm_start": True},
+    "fast": {"structure_first": True, "early_stop": "halving", "cache": True, "warm_start": True},
 }
 
 
@@ -56,11 +60,16 @@ def run_figures(run_dir: Path) -> dict:
     from autocompress.results import RunFolder
 
     records = [r for r in RunFolder(run_dir).trials() if not r.get("interrupted")]
+    decided = [r for r in records if r["state"] in ("complete", "pruned")]
     epochs = sum(len(r.get("curve") or []) for r in records if not (r.get("cache") or {}).get("hit"))
     return {
         "fine_tuned": sum(bool(r.get("durations", {}).get("distill")) for r in records),
         "epochs_trained": epochs,
         "probe_reused": sum("probe_from" in r for r in records),
+        "artefact_reused": sum((r.get("cache") or {}).get("kind") == "artefact" and r["cache"].get("hit")
+                               for r in records),
+        # decided trials whose whole configuration an earlier trial of the run already had
+        "repeats": len(decided) - len({json.dumps(r["choices"], sort_keys=True) for r in decided}),
         "stopped_by_rule": {rule: sum((r.get("stopped") or {}).get("rule", "structure") == rule
                                       for r in records if r.get("stopped"))
                             for rule in ("structure", "floor", "front", "halving")},
@@ -81,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ms-budget", action="store_true",
                         help="latency budget in ms (0.75x the base timed at the start) instead of 0.75x the base "
                              "timed beside each trial")
+    parser.add_argument("--fast-stop", default="halving", choices=["budget", "front", "halving"],
+                        help="the fast arm's early_stop rule")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/spend[-random]")
     args = parser.parse_args(argv)
     args.out = args.out or ROOT / "benchmarks" / "results" / ("spend" if args.sampler == "tpe" else f"spend-{args.sampler}")
@@ -103,6 +114,7 @@ def main(argv=None) -> int:
     results = []
     for seed in args.seeds:
         for name, flags in ARMS.items():
+            flags = {**flags, "early_stop": args.fast_stop} if name == "fast" else flags
             run_dir = args.out / f"{name}-s{seed}"
             cfg = run_config(args, seed, args.out / "space.yaml", sampler=args.sampler, trials=100_000,
                              timeout=args.wall, budget=budget, search=flags)
@@ -125,26 +137,33 @@ def write_report(summary: dict, out: Path) -> None:
             f"accuracy drop ≤ {b['max_accuracy_drop']} pp, size ≤ {b['max_size_mb']} MB, latency ≤ "
             + (f"{b['max_latency_ms']} ms (0.75x the ONNX Runtime base timed at the start)." if b.get("max_latency_ms")
                else f"{b['max_latency_vs_base']}x the ONNX Runtime base timed beside each trial."), "",
-            "| search | decided per hour, median (per seed) | feasible-front hypervolume (per seed) | fine-tuned trials | "
-            "KD epochs trained | teacher batches read / run | stopped: structure / floor / front | probe reused | cache hits "
+            "| search | decided per hour, median (per seed) | the same, each configuration once | feasible-front "
+            "hypervolume (per seed) | fine-tuned trials | KD epochs trained | teacher batches read / run | stopped: "
+            "structure / floor / front / halving | probe reused | cache hits (of them repeats answered) "
             "| cancelled at the limit |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     rate = {}
     for name in ARMS:
         rs = [r for r in results if r["arm"] == name]
         rates = [(r["throughput"] or {}).get("trials_per_hour") or 0 for r in rs]
         rate[name] = statistics.median(rates)
+        unique = [((r["throughput"] or {}).get("decided", 0) - r.get("repeats", 0)) / r["throughput"]["wall_s"] * 3600
+                  for r in rs]
+        rate[name + "-unique"] = statistics.median(unique)
         hvs = [r["hypervolume"] for r in rs]
         by = lambda rule: sum(r["stopped_by_rule"][rule] for r in rs)  # noqa: E731
         text.append(
             f"| {name} | {rate[name]:.0f} ({', '.join(f'{x:.0f}' for x in rates)}) | "
+            f"{rate[name + '-unique']:.0f} ({', '.join(f'{x:.0f}' for x in unique)}) | "
             f"{statistics.median(hvs):.4f} ({', '.join(f'{x:.4f}' for x in hvs)}) | "
             f"{sum(r['fine_tuned'] for r in rs)} | {sum(r['epochs_trained'] for r in rs)} | "
             f"{sum(r.get('teacher_batches', {}).get('reused', 0) for r in rs)} / "
             f"{sum(r.get('teacher_batches', {}).get('computed', 0) for r in rs)} | "
-            f"{by('structure')} / {by('floor')} / {by('front')} | {sum(r['probe_reused'] for r in rs)} | "
-            f"{sum((r['throughput'] or {}).get('cache_hits', 0) for r in rs)} | {sum(r['cancelled_at_limit'] for r in rs)} |")
+            f"{by('structure')} / {by('floor')} / {by('front')} / {by('halving')} | {sum(r['probe_reused'] for r in rs)} | "
+            f"{sum((r['throughput'] or {}).get('cache_hits', 0) for r in rs)} ({sum(r.get('artefact_reused', 0) for r in rs)}) | "
+            f"{sum(r['cancelled_at_limit'] for r in rs)} |")
     text.append(f"\nDecided per hour, fast vs plain: **{_ratio(rate['fast'], rate['plain'])}** (target ≥ 2x); "
+                f"each configuration counted once: {_ratio(rate['fast-unique'], rate['plain-unique'])}; "
                 "feasible-front hypervolume per seed, fast vs plain: "
                 + ", ".join(f"s{s}: {f['hypervolume']:.4f} vs {p['hypervolume']:.4f}"
                             for s in sorted({r['seed'] for r in results})

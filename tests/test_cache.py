@@ -35,3 +35,43 @@ def test_eviction_keeps_the_cache_under_its_cap_oldest_first(tmp_path):
         os.utime(tmp_path / f"{key}.json", (1000 + i, 1000 + i))
     cache.put("c", model)
     assert not (tmp_path / "a.pt").exists() and (tmp_path / "b.pt").exists() and (tmp_path / "c.pt").exists()
+
+
+def test_an_artefact_entry_is_whole_verified_and_removed_when_a_file_is_missing_or_changed(tmp_path):
+    from autocompress.cache import ArtefactCache
+
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    (trial / "model.xml").write_text("<net/>")
+    (trial / "model.bin").write_bytes(b"\x01" * 1000)
+    cache = ArtefactCache(tmp_path / "artefacts")
+    assert cache.get("k") is None
+    cache.put("k", [trial / "model.xml", trial / "model.bin"], {"accuracy": 91.5})
+    files, meta = cache.get("k")
+    assert meta == {"accuracy": 91.5} and sorted(files) == ["model.bin", "model.xml"]
+    assert files["model.bin"].read_bytes() == b"\x01" * 1000
+    (trial / "model.bin").unlink()                    # the trial's own copy goes: the entry stays whole
+    assert cache.get("k") is not None
+    files["model.bin"].unlink()
+    files["model.bin"].write_bytes(b"\x02" * 1000)    # same size, other bytes
+    assert cache.get("k") is None and cache.corrupt == 1
+    assert not (tmp_path / "artefacts" / "k").exists() and not (tmp_path / "artefacts" / "k.json").exists()
+    cache.put("k", [trial / "model.xml"], {})
+    files["model.xml"].unlink()
+    assert cache.get("k") is None and cache.corrupt == 2
+
+
+def test_artefact_eviction_keeps_the_cache_under_its_cap_oldest_first(tmp_path):
+    import os
+
+    from autocompress.cache import ArtefactCache
+
+    blob = tmp_path / "model.onnx"
+    blob.write_bytes(b"\x00" * 20_000)
+    root = tmp_path / "artefacts"
+    cache = ArtefactCache(root, max_bytes=45_000)
+    for i, key in enumerate(("a", "b")):
+        cache.put(key, [blob])
+        os.utime(root / f"{key}.json", (1000 + i, 1000 + i))
+    cache.put("c", [blob])
+    assert cache.get("a") is None and cache.get("b") is not None and cache.get("c") is not None

@@ -9,7 +9,11 @@ import pytest
 
 from autocompress.config import BudgetConfig, RunConfig
 from autocompress.controller import Search
+from autocompress.data import load_data
+from autocompress.measure import top1
 from autocompress.pareto import constraints
+from autocompress.plugin import Artefact
+from autocompress.runtimes import get_runtime
 from autocompress.trial import run_trial
 from conftest import write_yaml
 
@@ -132,7 +136,7 @@ def test_a_cached_fine_tune_is_reused_and_a_corrupt_entry_is_rebuilt(prepared):
 
     int8 = dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 2}])
     second = run_trial(_spec(prepared, 11, int8))
-    assert second["cache"] == {"key": first["cache"]["key"], "hit": True, "from_trial": 10,
+    assert second["cache"] == {"key": first["cache"]["key"], "hit": True, "kind": "model", "from_trial": 10,
                                "saved_s": pytest.approx(second["cache"]["saved_s"])}
     assert "distill" not in second["durations"] and "prune" not in second["durations"]
     assert second["curve"] == first["curve"] and second["metrics"]["precision"] == "int8"
@@ -142,12 +146,43 @@ def test_a_cached_fine_tune_is_reused_and_a_corrupt_entry_is_rebuilt(prepared):
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    third = run_trial(_spec(prepared, 12, int8))
+    recalibrated = dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 3}])   # not a whole repeat
+    third = run_trial(_spec(prepared, 12, recalibrated))
     assert third["state"] == "complete"
     assert third["cache"]["hit"] is False and third["cache"]["corrupt_rebuilt"] is True
     assert third["durations"]["distill"] > 0                # trained again, not trusted
-    fourth = run_trial(_spec(prepared, 13, int8))           # the rebuilt entry is whole again
-    assert fourth["cache"]["hit"] is True and fourth["cache"]["from_trial"] == 12
+    fourth = run_trial(_spec(prepared, 13, dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 4}])))
+    assert fourth["cache"]["hit"] is True and fourth["cache"]["from_trial"] == 12   # the rebuilt entry is whole again
+
+
+def test_a_repeated_configuration_reuses_its_artefact_is_timed_again_and_a_corrupt_one_rebuilt(prepared):
+    int8 = dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 5}])
+    first = run_trial(_spec(prepared, 40, int8, search_cfg={"early_stop": "none"}))
+    assert first["state"] == "complete" and first["durations"]["quantize"] > 0
+    again = run_trial(_spec(prepared, 41, int8, search_cfg={"early_stop": "none"}))
+    assert again["cache"]["kind"] == "artefact" and again["cache"]["hit"] and again["cache"]["from_trial"] == 40
+    assert set(again["durations"]) == {"export", "measure"}                  # nothing pruned, trained or quantized
+    assert again["latency"]["calls"] > 0 and again["latency"] != first["latency"]   # timed again, now
+    for key in ("accuracy", "test_accuracy", "size_bytes", "params", "precision"):
+        assert again["metrics"][key] == first["metrics"][key]
+    assert again["curve"] == first["curve"]
+    run = prepared.run.path
+    assert (run / again["artefact"]).read_bytes() == (run / first["artefact"]).read_bytes()
+    # the same bytes: the reused accuracy is what evaluating the file gives
+    predict = get_runtime("onnxruntime").load(Artefact(run / again["artefact"], "onnxruntime"), threads=1)
+    val = load_data(prepared.config.data, prepared.config.model.img_size).val
+    assert top1(predict, val, batch_size=32) == pytest.approx(first["metrics"]["accuracy"], abs=1e-3)
+
+    cached = run / "cache" / "artefacts" / again["cache"]["key"] / "model.onnx"
+    (run / again["artefact"]).unlink()                       # a trial folder removed: the entry does not depend on it
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.unlink()
+    cached.write_bytes(bytes(data))
+    rebuilt = run_trial(_spec(prepared, 42, int8, search_cfg={"early_stop": "none"}))
+    assert rebuilt["artefact_cache"]["corrupt_rebuilt"] is True and rebuilt["durations"]["quantize"] > 0
+    assert rebuilt["metrics"]["accuracy"] == first["metrics"]["accuracy"]   # ran in full, to the same result
+    assert run_trial(_spec(prepared, 43, int8, search_cfg={"early_stop": "none"}))["cache"]["from_trial"] == 42
 
 
 def test_a_probed_structure_is_reused_and_a_bad_memo_probed_again(prepared):
@@ -181,10 +216,12 @@ def test_a_probe_within_budget_skips_accuracy_and_is_probed_again_when_a_budget_
     assert "accuracy" not in passed["probe"] and "test_accuracy" not in passed["probe"]   # never evaluated
     assert passed["metrics"]["accuracy"] > 0                                              # the final artefact is
     # the memo holds no accuracy, which a trial stopped at the structure needs for its record
-    stopped = run_trial(_spec(prepared, 28, pruned, budget={"max_latency_ms": 1e-6}))
+    shorter = dict(pruned, distill=["logit_kd", {"epochs": 2, "lr": 0.003}])     # the same structure
+    stopped = run_trial(_spec(prepared, 28, shorter, budget={"max_latency_ms": 1e-6}))
     assert stopped["stopped"]["stage"] == "structure" and "probe_from" not in stopped
     assert 0 <= stopped["metrics"]["accuracy"] <= 100 and stopped["metrics"] == stopped["probe"]
-    again = run_trial(_spec(prepared, 29, pruned, budget={"max_latency_ms": 1e-6}))
+    again = run_trial(_spec(prepared, 29, dict(pruned, distill=["logit_kd", {"epochs": 1}]),
+                            budget={"max_latency_ms": 1e-6}))
     assert again["probe_from"] == 28 and again["metrics"] == stopped["metrics"]
 
 
