@@ -190,12 +190,16 @@ class SearchConfig(_Strict):
             ``front`` (default) also stops one that, at best, a feasible finished trial already
             beats in accuracy, latency and size (its structure was measured before training);
             ``halving`` also stops one below the median of finished trials at the same epoch.
+            Except with ``none``, a fine-tune that ended out of reach of the floor or the front is
+            not quantized and measured.
         cache: Reuse across trials, under ``RUN/cache`` (content-addressed, hash-verified): a
             pruned and fine-tuned float model for trials that differ only in later stages,
-            the figures of a probed structure, and (CPU runs) the base model's outputs on each
-            fine-tuning batch, which every trial distilling from it would compute again.
-        cache_mb: Disk cap of the model cache (the oldest entries go first), and, apart, of
-            the stored teacher outputs (which stop growing there).
+            the figures of a probed structure, a repeated configuration's whole artefact (then
+            only timed again), and (CPU runs) the base model's outputs on each fine-tuning
+            batch, which every trial distilling from it would compute again.
+        cache_mb: Disk cap of the model cache and, apart, of the artefact cache (the least
+            recently used entries go first), and of the stored teacher outputs (which stop
+            growing there).
     """
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"

@@ -120,7 +120,8 @@ class Search:
         drop = self.config.budget.max_accuracy_drop
         floor = None if drop is None or self.base is None else self.base["metrics"]["accuracy"] - drop
         history = [r["curve"] for r in self.records.values()
-                   if r["state"] == "complete" and r.get("curve") and not r.get("stopped")
+                   if r["state"] in ("complete", "pruned") and r.get("curve")
+                   and (not r.get("stopped") or r["stopped"].get("after_training"))  # whole curves only
                    and not (r.get("cache") or {}).get("hit")]  # a reused fine-tune repeats its curve
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
         return {"floor": floor, "history": history,

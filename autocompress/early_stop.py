@@ -21,6 +21,10 @@ the curves that fine-tuning plugins report (``ctx.report(step, accuracy)``):
 * ``halving``: ``front``, and also stop a trial below the median of finished trials at the same
   step once at least ``min_history`` of them reached it (successive-halving style; biased
   against heavily pruned trials, which start lower).
+
+After the last epoch of a trial's training the floor and front rules are checked once more,
+with no gain left to allow for: a fine-tune that ended out of reach is not quantized and
+measured (its curve is whole, so it still counts as history).
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from dataclasses import dataclass, field
 class StopTrial(Exception):
     """Raised from ``ctx.report`` to end a trial's fine-tune early."""
 
-    def __init__(self, step: int, accuracy: float, reason: str, rule: str = "floor") -> None:
+    def __init__(self, step: int, accuracy: float, reason: str, rule: str = "floor", final: bool = False) -> None:
         super().__init__(reason)
-        self.step, self.accuracy, self.reason, self.rule = step, accuracy, reason, rule
+        self.step, self.accuracy, self.reason, self.rule, self.final = step, accuracy, reason, rule, final
         self.stage: str | None = None  # filled in by the trial pipeline
         self.plugin: str | None = None
 
@@ -103,22 +107,26 @@ class StopRule:
         noise = 200.0 * math.sqrt(max(p * (1 - p), 0.01) / max(self.slice_size, 1))
         return accuracy - self.slice_bias + gain + noise
 
-    def check(self, step: int, accuracy: float, last: int | None = None) -> None:
+    def check(self, step: int, accuracy: float, last: int | None = None, final: bool = False) -> None:
         """Raises :class:`StopTrial` when the rule says the trial should stop.
 
         Args:
             step: The step (epoch) just finished.
             accuracy: Top-1 % on the validation slice after it.
             last: The step the fine-tune will end at; only finished curves ending there are compared.
+            final: The trial's training is over (no gain left to allow for): a trial that cannot reach
+                the floor or the front as it is stops before it is quantized and measured. ``halving``
+                does not apply (the fine-tune it would save has been spent).
         """
         if self.mode == "none":
             return
-        gain = max(self.max_gain(step, last), 0.0)
+        gain = 0.0 if final else max(self.max_gain(step, last), 0.0)
         best = self._best(accuracy, gain)
         if self.floor is not None and best < self.floor:
             raise StopTrial(step, accuracy, f"cannot reach the accuracy floor {self.floor:.2f}%: {accuracy:.2f}% at "
-                                            f"step {step}, at best {best:.2f}% (+{gain:.2f} pp seen after it, "
-                                            f"slice noise and bias allowed for)")
+                                            f"step {step}{' (training over)' if final else ''}, at best {best:.2f}% "
+                                            f"(+{gain:.2f} pp seen after it, slice noise and bias allowed for)",
+                            final=final)
         if self.mode in ("front", "halving") and self.position is not None:
             latency, size, ratio = (*self.position, None)[:3]
             for acc, lat, mb, *rest in self.front:
@@ -129,8 +137,9 @@ class StopRule:
                     raise StopTrial(step, accuracy, f"cannot reach the front: at best {best:.2f}% at {latency:.3f} ms, "
                                                     f"{size:.2f} MB; a finished trial has {acc:.2f}% at {lat:.3f} ms, "
                                                     f"{mb:.2f} MB" + (f" ({other:.3f}x vs {mine:.3f}x the base)"
-                                                                      if mine is ratio else ""), rule="front")
-        if self.mode == "halving":
+                                                                      if mine is ratio else ""),
+                                    rule="front", final=final)
+        if self.mode == "halving" and not final:
             peers = [acc for curve in self._peers(last) for s, acc in curve if s == step]
             if len(peers) >= self.min_history and accuracy < statistics.median(peers):
                 raise StopTrial(step, accuracy, f"behind finished trials: {accuracy:.2f}% at step {step} "

@@ -187,10 +187,14 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         teacher_outputs = TeacherOutputs(teacher, Path(spec.run_dir) / "cache" / "teacher" / f"{_base_id(spec.run_dir)}-cpu",
                                          max_bytes=config.search.cache_mb * 1e6)
 
+    trainers = [0]  # fine-tuning stages still to run: a stage's last epoch ends the training only if it is the last
+
     def report(step: int, accuracy: float, final: bool = False, last: int | None = None) -> None:
         curve.append([offset[0] + step, round(float(accuracy), 4)])
-        if not final:  # stopping after the last epoch saves nothing and loses the measured point
-            rule.check(offset[0] + step, float(accuracy), last=None if last is None else offset[0] + last)
+        done = final and trainers[0] <= 1
+        trainers[0] -= bool(final)
+        if not final or done:
+            rule.check(offset[0] + step, float(accuracy), last=None if last is None else offset[0] + last, final=done)
 
     def context(structure_only: bool, folder: Path) -> TrialContext:
         folder.mkdir(parents=True, exist_ok=True)
@@ -262,6 +266,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             prefix = []
         else:
             out["cache"] = {"key": key, "hit": False, "kind": "model", "corrupt_rebuilt": cache.corrupt > 0}
+    trainers[0] = sum(cls.fine_tunes for *_, cls in steps)
     try:
         t_prefix = time.perf_counter()
         model = _apply(prefix, model, ctx, durations, offset=offset, curve=curve)
@@ -272,7 +277,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     except StopTrial as stop:
         out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
             "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
-            "rule": stop.rule, "reason": stop.reason})
+            "rule": stop.rule, "reason": stop.reason, **({"after_training": True} if stop.final else {})})
         return _counted(out, teacher_outputs)
     record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
                      params=count_params(result if isinstance(result, torch.nn.Module) else model))

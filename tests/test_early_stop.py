@@ -46,6 +46,21 @@ def test_halving_stops_below_the_median_of_peers():
     rule.check(3, 10)                       # nobody reached step 3: no comparison
 
 
+def test_after_the_training_no_gain_is_allowed_and_halving_no_longer_applies():
+    rule = StopRule(mode="halving", floor=90)                # no history: during training nothing stops
+    rule.check(2, 80, last=2)
+    with pytest.raises(StopTrial) as err:
+        rule.check(2, 80, last=2, final=True)                # 80 + 0 < 90
+    assert err.value.final is True and "(training over)" in err.value.reason
+    rule.check(2, 90, last=2, final=True)
+    history = [[[1, 70], [2, 80]], [[1, 72], [2, 82]], [[1, 74], [2, 84]]]
+    StopRule(mode="halving", history=history).check(2, 70, last=2, final=True)   # below the median: too late to save
+    front = StopRule(mode="front", front=[[85.0, 0.5, 1.0]], position=(1.0, 2.0))
+    front.check(2, 84, final=False)                          # gain unbounded without history
+    with pytest.raises(StopTrial, match="cannot reach the front"):
+        front.check(2, 84, final=True)
+
+
 def test_front_stops_a_trial_a_finished_one_beats_at_its_best():
     history = [[[1, 70], [2, 72]]] * 3                      # +2 pp seen after step 1
     rule = StopRule(mode="front", history=history, front=[[80.0, 0.5, 2.0]], position=(1.0, 2.0))

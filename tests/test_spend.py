@@ -121,6 +121,39 @@ def test_a_curve_that_cannot_reach_the_floor_stops_and_is_recorded(tmp_path, tin
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
 
 
+def test_a_fine_tune_that_ended_under_the_floor_is_not_quantized_or_measured(prepared):
+    int8 = dict(PRUNE_KD, distill=["logit_kd", {"epochs": 2, "lr": 0.003}], quantize=["int8_static", {}])
+    # no history: no gain can be bounded, so nothing stops during the fine-tune; after it, none is left
+    record = run_trial(_spec(prepared, 50, int8, search_cfg={"early_stop": "budget"}, floor=101.0))
+    assert record["state"] == "pruned" and record["stopped"]["rule"] == "floor"
+    assert record["stopped"]["step"] == 2 and record["stopped"]["after_training"] is True
+    assert "(training over)" in record["reason"] and [s for s, _ in record["curve"]] == [1, 2]
+    assert "quantize" not in record["durations"] and "measure" not in record["durations"]
+    reachable = run_trial(_spec(prepared, 51, int8, search_cfg={"early_stop": "budget", "cache": False}, floor=0.0))
+    assert reachable["state"] == "complete" and reachable["durations"]["quantize"] > 0
+    # a fine-tune followed by another training stage (QAT) is judged only after the last one
+    qat = dict(PRUNE_KD, distill=["logit_kd", {"epochs": 1, "lr": 0.003}], quantize=["int8_qat", {"epochs": 1}])
+    both = run_trial(_spec(prepared, 52, qat, search_cfg={"early_stop": "budget", "cache": False}, floor=101.0))
+    assert both["stopped"]["after_training"] is True and [s for s, _ in both["curve"]] == [1, 2]
+    assert both["stopped"]["stage"] == "quantize" and both["stopped"]["step"] == 2
+
+
+def test_curves_stopped_after_training_are_history_and_ones_stopped_during_it_are_not(prepared):
+    whole, cut, hit = [[1, 50.0], [2, 60.0]], [[1, 40.0]], [[1, 70.0], [2, 75.0]]
+    records = {
+        900: {"state": "complete", "curve": whole},
+        901: {"state": "pruned", "curve": whole, "stopped": {"rule": "floor", "after_training": True}},
+        902: {"state": "pruned", "curve": cut, "stopped": {"rule": "halving"}},
+        903: {"state": "complete", "curve": hit, "cache": {"hit": True}},
+    }
+    saved = prepared.records
+    prepared.records = records
+    try:
+        assert prepared._stop_inputs()["history"] == [whole, whole]
+    finally:
+        prepared.records = saved
+
+
 def test_with_early_stop_none_the_same_trial_runs_to_the_end(prepared):
     base = prepared.base["metrics"]["accuracy"]
     record = run_trial(_spec(prepared, 2, PRUNE_KD, search_cfg={"early_stop": "none", "cache": False}, floor=base))
