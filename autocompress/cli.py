@@ -146,6 +146,9 @@ def export(
     for key, label, unit in (("accuracy", "val top-1", "%"), ("test_accuracy", "test top-1", "%"),
                              ("latency_ms", f"latency (batch {result.batch_size})", " ms"),
                              ("size_mb", "size", " MB")):
+        if rec.get(key) is None:  # test accuracy is evaluated in the search only for trials within budget
+            table.add_row(label, "not evaluated", f"{new[key]:.4g}{unit}", "")
+            continue
         change = new[key] - rec[key]
         table.add_row(label, f"{rec[key]:.4g}{unit}", f"{new[key]:.4g}{unit}",
                       f"{change:+.2f} pp" if unit == "%" else f"{new[key] / rec[key]:.2f}x" if rec[key] else "")

@@ -52,7 +52,8 @@ class ExportResult:
         """Accuracy figures that differ from the recorded ones by more than ``tolerance`` pp."""
         out = []
         for key, label in (("accuracy", "val top-1"), ("test_accuracy", "test top-1")):
-            if key in self.measured and abs(self.measured[key] - self.recorded[key]) > tolerance:
+            if key in self.measured and self.recorded.get(key) is not None \
+                    and abs(self.measured[key] - self.recorded[key]) > tolerance:
                 out.append(f"{label} {self.measured[key]:.2f}% vs {self.recorded[key]:.2f}% recorded")
         return out
 

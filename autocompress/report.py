@@ -194,7 +194,8 @@ PAIRS = [("latency_ms", "accuracy"), ("size_mb", "accuracy"), ("latency_ms", "si
 
 def _hover(r: dict) -> str:
     m = r["metrics"]
-    return (f"trial {r['number']}<br>val top-1 {m['accuracy']:.2f}% (test {m['test_accuracy']:.2f}%)"
+    test = f"{m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "not evaluated: over budget"
+    return (f"trial {r['number']}<br>val top-1 {m['accuracy']:.2f}% (test {test})"
             f"<br>{m['latency_ms']:.4f} ms, {m['size_mb']:.3f} MB, {m['precision']}"
             f"<br>{html.escape(describe_choices(r['choices']))}")
 
@@ -398,7 +399,8 @@ def _front_rows(data: RunData) -> list[list[Any]]:
         m, v = r["metrics"], r.get("vs_base") or {}
         rows.append([r["number"], f"{m['accuracy']:.2f}",
                      f"{v['accuracy_pp']:+.2f}" if v.get("accuracy_pp") is not None else "",
-                     f"{m['test_accuracy']:.2f}", f"{m['latency_ms']:.4f}",
+                     f"{m['test_accuracy']:.2f}" if m.get("test_accuracy") is not None else "n/a",
+                     f"{m['latency_ms']:.4f}",
                      f"{v['latency_x']:.2f}x" if v.get("latency_x") else "", f"{m['size_mb']:.3f}",
                      f"{v['size_x']:.2f}x" if v.get("size_x") else "", f"{m['params']:,}", m["precision"],
                      describe_choices(r["choices"]), r.get("artefact") or ""])

@@ -75,7 +75,8 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
     for r in rows:
         m, v = r["metrics"], r.get("vs_base") or {}
         table.add_row(str(r["number"]), f"{m['accuracy']:.2f}", _pct(v.get("accuracy_pp")),
-                      f"{m['test_accuracy']:.2f}", f"{m['latency_ms']:.3f}", f"{v.get('latency_x', 0):.2f}x",
+                      f"{m['test_accuracy']:.2f}" if m.get("test_accuracy") is not None else "n/a",
+                      f"{m['latency_ms']:.3f}", f"{v.get('latency_x', 0):.2f}x",
                       f"{m['size_mb']:.3f}", f"{v.get('size_x', 0):.2f}x", f"{m['params']:,}", m["precision"],
                       describe_choices(r["choices"]))
     return table

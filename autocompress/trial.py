@@ -28,6 +28,7 @@ from autocompress.data import DataBundle, load_data
 from autocompress.distill import TeacherOutputs
 from autocompress.measure import count_params, measure_latency, module_predictor, top1
 from autocompress.models import create_model
+from autocompress.pareto import constraints
 from autocompress.cache import ArtefactCache, ModelCache, content_key
 from autocompress.early_stop import StopRule, StopTrial
 from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
@@ -205,7 +206,8 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             report=report, structure_only=structure_only, teacher_outputs=teacher_outputs)
 
     measure = functools.partial(_save_and_measure, spec=spec, config=config, runtime=runtime, data=data,
-                                device=device)
+                                device=device, test_if=functools.partial(_within_budget, config=config, floor=spec.floor)
+                                if spec.number >= 0 else None)  # the base (and the reference probe) always
     out: dict[str, Any] = {"durations": durations, "curve": curve}
     trains = spec.number >= 0 and not spec.structure_only and any(cls.fine_tunes for *_, cls in steps)
     artefacts = whole_key = None
@@ -390,6 +392,16 @@ def structure_verdict(metrics: dict, config: RunConfig) -> str | None:
     return None
 
 
+def _within_budget(metrics: dict, *, config: RunConfig, floor: float | None) -> bool:
+    """Whether measured ``metrics`` meet the budget (the accuracy floor only where it is known)."""
+    budget, drop = config.budget, config.budget.max_accuracy_drop
+    if floor is None or drop is None:
+        budget, base_accuracy = budget.model_copy(update={"max_accuracy_drop": None}), 0.0
+    else:
+        base_accuracy = floor + drop
+    return all(v <= 0 for v in constraints({"metrics": metrics}, budget, base_accuracy).values())
+
+
 def _base_id(run_dir: str) -> str:
     key_file = Path(run_dir) / "base" / "key.json"
     return json.loads(key_file.read_text()).get("key", "") if key_file.exists() else ""
@@ -398,12 +410,15 @@ def _base_id(run_dir: str) -> str:
 def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec: TrialSpec, config: RunConfig,
                       runtime, data: DataBundle, device: torch.device, keep: bool, params: int,
                       accuracy_if: Callable[[dict], bool] | None = None,
+                      test_if: Callable[[dict], bool] | None = None,
                       known: dict | None = None) -> dict[str, Any]:
     """Saves ``result`` for the runtime at ``final``, reloads it and measures latency, size and accuracy.
 
     Args:
         accuracy_if: Given the metrics without accuracy, whether to evaluate accuracy (a structure
             probe needs it only when the structure is stopped); ``None`` = always.
+        test_if: Given the metrics with validation accuracy, whether to evaluate held-out test accuracy
+            (only a trial within the budget can be on the front; the others record ``None``); ``None`` = always.
         known: Accuracy figures already known for these exact bytes (a reused artefact): not evaluated again.
     """
     threads = config.device.threads
@@ -449,12 +464,12 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
                "params": params, "precision": artefact.precision, "runtime": artefact.runtime}
     if BASE in lat:
         metrics["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
-    if known is not None:
-        metrics = {"accuracy": known["accuracy"], "test_accuracy": known["test_accuracy"], **metrics}
-    elif accuracy_if is None or accuracy_if(metrics):
-        metrics = {"accuracy": round(top1(predict, data.val, batch_size=config.data.batch_size), 4),
-                   "test_accuracy": round(top1(predict, data.test, batch_size=config.data.batch_size), 4),
-                   **metrics}
+    if known is not None or accuracy_if is None or accuracy_if(metrics):
+        val = known["accuracy"] if known is not None else round(top1(predict, data.val, batch_size=config.data.batch_size), 4)
+        test = known.get("test_accuracy") if known is not None else None
+        if test is None and (test_if is None or test_if({"accuracy": val, **metrics})):
+            test = round(top1(predict, data.test, batch_size=config.data.batch_size), 4)
+        metrics = {"accuracy": val, "test_accuracy": test, **metrics}
     timings["measure"] = round(time.perf_counter() - t0, 3)
     record = {
         "metrics": metrics,

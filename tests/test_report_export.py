@@ -85,6 +85,9 @@ def test_the_run_has_int8_and_float_models_on_the_front_and_a_failed_and_an_infe
     front, records = _front(run), _records(run)
     assert set(front) == {"int8", "fp32"}
     assert records[3]["state"] == "fail" and records[0]["feasible"] is False
+    # held-out test accuracy is evaluated only where a trial can be on the front (within budget)
+    assert records[0]["metrics"]["test_accuracy"] is None and records[0]["metrics"]["accuracy"] > 0
+    assert all(records[n]["metrics"]["test_accuracy"] > 0 for n in front.values())
     assert (run / "data.json").is_file()
     assert (run / f"trials/{front['fp32']:04d}/model.module.pt").is_file()
     assert not (run / f"trials/{front['int8']:04d}/model.module.pt").exists()
@@ -122,7 +125,8 @@ def test_report_writes_offline_html_and_png(run):
     for text in ("Pareto front: 2-D projections", "accuracy vs latency", "accuracy vs size", "size vs latency",
                  "Pareto front: 3-D view", '"scatter3d"', "base model", "infeasible (over budget)",
                  "Failed trials", "RuntimeError: kaboom in apply", "Hypervolume of the feasible front", "over wall time",
-                 "2 × base", "Parameter importances", "optuna-dashboard sqlite:///", "int8_static"):
+                 "2 × base", "Parameter importances", "optuna-dashboard sqlite:///", "int8_static",
+                 "test not evaluated: over budget"):
         assert text in page, text
     assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched: plotly.js is inline
     assert len(page) > 3_000_000

@@ -154,6 +154,21 @@ def test_curves_stopped_after_training_are_history_and_ones_stopped_during_it_ar
         prepared.records = saved
 
 
+def test_test_accuracy_is_evaluated_only_for_a_trial_within_the_budget(prepared):
+    int8 = {"quantize": ["int8_static", {"calibration_batches": 3}]}
+    base = prepared.base["metrics"]["accuracy"]
+    within = run_trial(_spec(prepared, 60, int8, budget={"max_accuracy_drop": 50.0}, floor=base - 50.0))
+    assert within["metrics"]["test_accuracy"] > 0
+    cfg = {"structure_first": False, "cache": False}
+    slow = run_trial(_spec(prepared, 61, int8, budget={"max_latency_ms": 1e-6}, search_cfg=cfg))
+    assert slow["state"] == "complete" and slow["metrics"]["accuracy"] > 0 and slow["metrics"]["test_accuracy"] is None
+    under = run_trial(_spec(prepared, 62, int8, budget={"max_accuracy_drop": 0.0}, floor=101.0, search_cfg=cfg))
+    assert under["metrics"]["test_accuracy"] is None
+    unknown = run_trial(_spec(prepared, 63, int8, budget={"max_accuracy_drop": 0.0}, search_cfg=cfg))
+    assert unknown["metrics"]["test_accuracy"] > 0                 # no floor given: the accuracy budget is not judged
+    assert prepared.base["metrics"]["test_accuracy"] > 0           # the base always has it
+
+
 def test_with_early_stop_none_the_same_trial_runs_to_the_end(prepared):
     base = prepared.base["metrics"]["accuracy"]
     record = run_trial(_spec(prepared, 2, PRUNE_KD, search_cfg={"early_stop": "none", "cache": False}, floor=base))
