@@ -43,7 +43,7 @@ class Faulty(Plugin):
         blocks: int = Field(default=0, ge=0, le=5)
         key: str = "k"
         sleep: float = 300.0
-        block_seed: int = -1  # block only the trial with this seed (seed = search seed + trial number)
+        block_trial: int = -1  # block only this trial (its work folder is under trials/<number>/)
 
     search_space = {"mode": ["ok"], "blocks": [0], "key": ["k"]}
 
@@ -52,7 +52,8 @@ class Faulty(Plugin):
         pids = HERE / "pids"
         pids.mkdir(exist_ok=True)
         attempt = len(list(pids.glob(f"{cfg.key}-*.pid")))
-        if attempt < cfg.blocks and cfg.block_seed in (-1, ctx.seed):
+        number = next((int(part) for part in reversed(Path(ctx.workdir).parts) if part.isdigit()), None)
+        if attempt < cfg.blocks and cfg.block_trial in (-1, number):
             tmp = pids / f".{cfg.key}-{attempt}.tmp"
             tmp.write_text(str(os.getpid()))
             os.replace(tmp, pids / f"{cfg.key}-{attempt}.pid")
@@ -184,8 +185,8 @@ def test_faults_are_recorded_and_a_killed_worker_is_retried_once(ray_cluster, tm
 
 def test_time_limit_is_honoured_within_one_trial(ray_cluster, tmp_path, tiny_config_dict):
     plugins = faulty_plugins(tmp_path)
-    space = {  # trial 0 (seed 0) hangs on its first attempt; the rest take a second or two
-        "prune": {"faulty": {"mode": ["ok"], "blocks": [1], "key": ["t"], "block_seed": [0]}},
+    space = {  # trial 0 hangs on its first attempt; the rest take a second or two
+        "prune": {"faulty": {"mode": ["ok"], "blocks": [1], "key": ["t"], "block_trial": [0]}},
     }
     tiny_config_dict["plugins_dir"] = str(plugins)
     timeout = 25.0

@@ -157,6 +157,8 @@ def test_sigkill_at_any_point_then_resume_loses_nothing(tmp_path, tiny_config_di
     choices = [json.dumps(r["choices"], sort_keys=True) for r in complete.values()]
     assert len(set(choices)) == len(choices), "a completed trial was run again"
     for n in stopped:  # each stopped trial's configuration was re-queued and then run
+        if n in killed_early and not final[n]["choices"]:
+            continue  # the step-2 kill came between Optuna's ask and recording its configuration: none to re-run
         again = [m for m, r in complete.items() if r["choices"] == final[n]["choices"]]
         assert again and min(again) > n
     study = study_of(run)
