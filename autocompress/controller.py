@@ -37,6 +37,7 @@ from autocompress.trial import TrialSpec, run_trial, trial_dir
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 LATENCY_NOISE = 1.25  # a probe this much over the latency budget cannot be noise
+STOPPED_VIOLATION = 0.01  # constraint value of an early-stopped trial that violates no budget: infeasible, barely
 
 
 @dataclass
@@ -424,8 +425,10 @@ class Search:
             self.progress.failed += record["state"] == "fail"
             record["feasible"] = False
             trial.set_user_attr("reason", record["reason"])
-            if record["state"] == "pruned" and (record.get("stopped") or {}).get("rule") == "floor":
-                # it cannot reach the accuracy floor: an infeasible point for the sampler's constraints
+            if record["state"] == "pruned" and record.get("stopped"):
+                # a stopped trial is an infeasible point for the sampler: told without constraints,
+                # TPE ranks PRUNED trials among the good ones while few feasible trials have finished,
+                # and samples more like them (seen: a run that kept proposing trials halving stopped)
                 for key, value in self._stopped_constraints(record).items():
                     trial.set_constraint(key, value)
         # stored in the study, appended to trials.jsonl, told last: a crash between any two
@@ -446,6 +449,8 @@ class Search:
         m.setdefault("latency_vs_base", budget.max_latency_vs_base)
         m.setdefault("size_mb", budget.max_size_mb or 0.0)
         cons = constraints({"metrics": m}, budget, self.base["metrics"]["accuracy"])
+        if not any(v > 0 for v in cons.values()):  # within every budget at its stop, yet behind others
+            cons["stopped"] = STOPPED_VIOLATION
         record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
         return cons
 

@@ -7,7 +7,7 @@ start, in ms, as before 2026-11-26), run for the same wall-clock time and seeds 
 
     plain   structure_first, early_stop, cache and warm_start all off
     fast    structure_first on (with its per-run memo of probed structures), early_stop
-            ``halving`` (``--fast-stop`` picks another rule; ``front`` before 2026-11-26 noon), the cache
+            ``halving`` (``--fast-stop`` picks another rule; ``front`` in ``results/spend-front``), the cache
             (fine-tuned models, repeated configurations' artefacts, the teacher's outputs per batch),
             warm start
 

@@ -169,6 +169,25 @@ def test_test_accuracy_is_evaluated_only_for_a_trial_within_the_budget(prepared)
     assert prepared.base["metrics"]["test_accuracy"] > 0           # the base always has it
 
 
+def test_a_trial_stopped_behind_others_is_told_as_infeasible_not_as_a_good_pruned_one(tmp_path, tiny_config_dict):
+    space = {"prune": {"channel_prune": {"ratio": 0.6}}, "distill": {"logit_kd": {"epochs": 3, "lr": 0.003}}}
+    config = _config(tmp_path, tiny_config_dict, space, **{"search.early_stop": "halving"})
+    config.search.trials = 1
+    search = Search(config=config, run_dir=tmp_path / "run")
+    inputs = search._stop_inputs      # as if three fine-tunes on this schedule had all been at 100 % after epoch 1
+    search._stop_inputs = lambda: {**inputs(), "history": [[[1, 100.0], [2, 100.0], [3, 100.0]]] * 3}
+    search.search()
+    record = json.loads((tmp_path / "run" / "trials.jsonl").read_text().splitlines()[0])
+    assert record["state"] == "pruned" and record["stopped"]["rule"] == "halving"
+    assert record["constraints"] == {"stopped": 0.01}             # no budget to break: infeasible, barely
+    study = optuna.load_study(study_name=config.search.study_name, storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.constraints == {"stopped": 0.01}
+    # TPE's split: a PRUNED trial with a violated constraint is no longer a candidate for the good group
+    from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
+    assert _get_infeasible_trial_score(trial) > 0
+
+
 def test_with_early_stop_none_the_same_trial_runs_to_the_end(prepared):
     base = prepared.base["metrics"]["accuracy"]
     record = run_trial(_spec(prepared, 2, PRUNE_KD, search_cfg={"early_stop": "none", "cache": False}, floor=base))
