@@ -140,11 +140,7 @@ class ArtefactCache:
         folder.mkdir(parents=True, exist_ok=True)
         digests = {}
         for path in map(Path, files):
-            dest = folder / path.name
-            try:
-                os.link(path, dest)
-            except OSError:  # another file system, or no hard links
-                shutil.copyfile(path, dest)
+            dest = link_or_copy(path, folder / path.name)
             digests[path.name] = _sha256(dest)
         atomic_write(self.root / f"{key}.json", json.dumps({"files": digests, "meta": meta or {}}))
         if self.max_bytes is not None:
@@ -163,6 +159,16 @@ class ArtefactCache:
             except OSError:
                 continue
         _evict_oldest(entries, self.max_bytes, keep, self._remove)
+
+
+def link_or_copy(src: Path, dest: Path) -> Path:
+    """Puts ``src``'s bytes at ``dest`` (replacing it) as a hard link, or a copy where links are impossible."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system, or no hard links
+        shutil.copyfile(src, dest)
+    return dest
 
 
 def _evict_oldest(entries: list[tuple[float, str, int]], max_bytes: float, keep: str, remove) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import functools
 import json
-import os
 import platform
 import shutil
 import socket
@@ -28,9 +27,9 @@ from autocompress.data import DataBundle, load_data
 from autocompress.distill import TeacherOutputs
 from autocompress.measure import count_params, measure_latency, module_predictor, top1
 from autocompress.models import create_model
-from autocompress.pareto import constraints
-from autocompress.cache import ArtefactCache, ModelCache, content_key
+from autocompress.cache import ArtefactCache, ModelCache, content_key, link_or_copy
 from autocompress.early_stop import StopRule, StopTrial
+from autocompress.pareto import constraints
 from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
 from autocompress.registry import Registry, discover
 from autocompress.results import atomic_write
@@ -301,12 +300,7 @@ def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, r
     """The record of a trial whose whole configuration ran before: its artefact, timed again now."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, path in files.items():
-        dest = out_dir / name
-        dest.unlink(missing_ok=True)
-        try:
-            os.link(path, dest)
-        except OSError:
-            shutil.copyfile(path, dest)
+        link_or_copy(path, out_dir / name)
     main = out_dir / meta["main"]
     extras = [out_dir / name for name in files if name not in (meta["main"], MODULE_FILE)]
     record = measure(Artefact(main, runtime.name, meta["precision"], extra_files=extras), main, keep=True,
