@@ -1,13 +1,18 @@
 """Taking a model home: ``autocompress.load(RUN, trial=N)`` gives a ready model of a run's front.
 
 A front trial keeps its deployable artefact (``trials/NNNN/model.onnx`` or ``model.pt2``); a float
-trial also keeps the float ``nn.Module`` it was saved from (``trials/NNNN/model.module.pt``), so it can
-be used in PyTorch or written in another format exactly. An int8 ONNX artefact has no module: it is
-loaded as an ONNX Runtime session.
+trial also keeps the float ``nn.Module`` it was saved from, code-free (``trials/NNNN/model.module.safetensors``
+and ``.json``: weights and the structure that rebuilds the pruned timm model), so it can be used in
+PyTorch or written in another format exactly. An int8 ONNX artefact has no module: it is loaded as an
+ONNX Runtime session.
+
+A run folder may come from elsewhere: nothing here unpickles a file of it or imports a plugin it
+names, and every file of a trial is checked against the SHA-256 in its record before use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from autocompress.errors import UserError
+from autocompress.safe_io import load_exported, load_module, module_files, verify_files
 
-MODULE_FILE = "model.module.pt"
+MODULE_STEM = "model.module"
 ARTEFACT_FORMAT = {"onnxruntime": "onnx", "torch": "pt2"}
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
 
@@ -85,6 +91,7 @@ def front_record(info: RunInfo, trial: int | None) -> dict:
                         f"front trials: {', '.join(map(str, front)) or 'none'}")
     if not record.get("artefact") or not (info.path / record["artefact"]).is_file():
         raise UserError(f"--trial: the artefact of trial {trial} is missing ({info.path / str(record.get('artefact'))})")
+    verify_files(record.get("files"), info.path, f"trial {trial}")
     return record
 
 
@@ -93,8 +100,7 @@ def possible_formats(info: RunInfo, record: dict) -> list[str]:
     float module exists (the saved module, or a ``.pt2`` program that is one)."""
     m = record["metrics"]
     own = ARTEFACT_FORMAT.get(m["runtime"])
-    float_module = m["precision"] == "fp32" and (
-        (trial_folder(info, record) / MODULE_FILE).is_file() or own == "pt2")
+    float_module = m["precision"] == "fp32" and (_has_module(info, record) or own == "pt2")
     return list(FORMATS) if float_module else [f for f in [own] if f]
 
 
@@ -102,25 +108,36 @@ def trial_folder(info: RunInfo, record: dict) -> Path:
     return (info.path / record["artefact"]).parent
 
 
+def _has_module(info: RunInfo, record: dict) -> bool:
+    """Whether the trial kept its float module (recorded, hence hash-checked, files only)."""
+    folder = trial_folder(info, record).resolve().relative_to(info.path.resolve())
+    return all(str(folder / f.name) in (record.get("files") or {}) for f in module_files(MODULE_STEM))
+
+
 def float_module(info: RunInfo, record: dict) -> torch.nn.Module | None:
     """The float ``nn.Module`` of a front trial, or ``None`` when the trial has none (int8 artefacts)."""
     if record["metrics"]["precision"] != "fp32":
         return None
-    folder = trial_folder(info, record)
-    if (folder / MODULE_FILE).is_file():
-        try:
-            module = torch.load(folder / MODULE_FILE, map_location="cpu", weights_only=False)
-        except (ModuleNotFoundError, AttributeError):
-            # a module class defined in a plugin file: load the run's plugins, then retry
-            from autocompress.registry import discover
-
-            discover(info.config().plugins_dir)
-            module = torch.load(folder / MODULE_FILE, map_location="cpu", weights_only=False)
-        return module.eval()
+    if _has_module(info, record):
+        with unreadable(f"trial {record['number']}"):
+            return load_module(trial_folder(info, record) / MODULE_STEM)
     artefact = info.path / record["artefact"]
     if artefact.suffix == ".pt2":
-        return torch.export.load(str(artefact)).module()
+        with unreadable(f"trial {record['number']}: {artefact}"):
+            return load_exported(artefact).module()
     return None
+
+
+@contextlib.contextmanager
+def unreadable(what: str):
+    """Turns a failure to read a run's file into one line: the file is the user's input."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a parser raises on foreign bytes
+        text = str(err).strip().splitlines()
+        raise UserError(f"{what}: cannot be loaded ({type(err).__name__}: {text[0][:200] if text else ''})") from None
 
 
 def preprocessing(info: RunInfo) -> dict:
@@ -227,11 +244,12 @@ def load(run: Path | str, trial: int | None = None, *, threads: int | None = Non
     else:
         threads = threads or info.config().device.threads
         m = record["metrics"]
-        if m["runtime"] == "onnxruntime":
-            model, predict = _onnx_session(artefact, threads)
-        else:
-            model = predict = get_runtime(m["runtime"]).load(Artefact(artefact, m["runtime"], m["precision"]),
-                                                             threads=threads)
+        with unreadable(f"trial {record['number']}: {artefact}"):
+            if m["runtime"] == "onnxruntime":
+                model, predict = _onnx_session(artefact, threads)
+            else:
+                model = predict = get_runtime(m["runtime"]).load(Artefact(artefact, m["runtime"], m["precision"]),
+                                                                 threads=threads)
     return LoadedModel(model=model, metrics=dict(record["metrics"]), preprocessing=preprocessing(info),
                        trial=record["number"], choices=record["choices"], artefact=artefact, _predict=predict)
 

@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 from autocompress.config import RunConfig
 from autocompress.data import load_data
 from autocompress.measure import module_predictor, top1
+from autocompress.errors import UserError
 from autocompress.models import create_model, fit
+from autocompress.results import atomic_write
+from autocompress.safe_io import sha256_file, verify_files
 
 
 def base_key(config: RunConfig) -> str:
@@ -23,17 +27,28 @@ def base_key(config: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+WEIGHTS = "weights.safetensors"
+
+
 def prepare_base(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """Writes ``base/weights.pt`` (trained in-process if asked), reusing a cached one with the same key.
+    """Writes ``base/weights.safetensors`` (trained in-process if asked), reusing one with the same key.
 
     Returns:
         The weights file.
+
+    Raises:
+        UserError: The run folder's base weights do not match the hash recorded beside them, or the
+            run was written by a version that kept them as a pickle.
     """
     folder = Path(run_dir) / "base"
     folder.mkdir(parents=True, exist_ok=True)
-    weights, key_file = folder / "weights.pt", folder / "key.json"
+    weights, key_file = folder / WEIGHTS, folder / "key.json"
     key = base_key(config)
+    if (folder / "weights.pt").exists() and not weights.exists():
+        raise UserError(f"{folder / 'weights.pt'}: this run keeps its base weights as a pickle (an older autocompress); "
+                        "they are not loaded; start a new run")
     if weights.exists() and key_file.exists() and json.loads(key_file.read_text()).get("key") == key:
+        load_base_weights(run_dir)  # verified before it is reused
         log("base: reusing cached weights")
         return weights
     torch.set_num_threads(config.device.threads)
@@ -48,6 +63,27 @@ def prepare_base(config: RunConfig, run_dir: Path, log: Callable[[str], None] = 
             on_epoch=lambda e, m: log(f"base: epoch {e + 1}/{config.model.train_epochs} "
                                       f"val top-1 {top1(module_predictor(m), data.val):.2f}%"))
         info.update(trained_epochs=config.model.train_epochs, train_seconds=round(time.time() - t0, 1))
-    torch.save(model.state_dict(), weights)
-    key_file.write_text(json.dumps(info))
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(weights))
+    info["sha256"] = sha256_file(weights)
+    atomic_write(key_file, json.dumps(info))
     return weights
+
+
+def load_base_weights(run_dir: Path | str) -> dict[str, torch.Tensor]:
+    """The base's ``state_dict`` from ``base/weights.safetensors``, checked against ``base/key.json``.
+
+    Raises:
+        UserError: Missing, or its bytes differ from the recorded hash.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(run_dir) / "base"
+    try:
+        expected = json.loads((folder / "key.json").read_text()).get("sha256")
+    except (OSError, ValueError):
+        expected = None
+    verify_files({WEIGHTS: expected} if expected else None, folder, "the base model")
+    try:
+        return load_file(str(folder / WEIGHTS))
+    except Exception as err:  # noqa: BLE001 - foreign bytes under the recorded hash
+        raise UserError(f"{folder / WEIGHTS}: not a safetensors file ({type(err).__name__}: {err})") from None

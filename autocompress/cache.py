@@ -2,8 +2,10 @@
 
 :class:`ModelCache`: trials that share their first stages (the same pruning and distillation, a
 different quantization) reuse the fine-tuned float model instead of training it again. Each
-entry is a pickled module plus a JSON sidecar with its SHA-256; an entry whose bytes do not
-match is deleted and rebuilt, never loaded (so only bytes this run wrote are ever unpickled).
+entry is a module in the code-free form of :mod:`autocompress.safe_io` (safetensors weights and
+a JSON structure; nothing is unpickled) plus a JSON sidecar with their SHA-256; an entry whose
+bytes do not match is deleted and rebuilt, never loaded. A module that cannot be written that
+way (one with hooks, a custom layer) is not cached.
 
 :class:`ArtefactCache`: a trial that repeats an earlier trial's whole configuration (samplers
 propose repeats) reuses its finished artefact and accuracy, verified the same way, and only
@@ -13,7 +15,6 @@ times it again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -22,7 +23,9 @@ from typing import Any
 
 import torch
 
+from autocompress.errors import UserError
 from autocompress.results import atomic_write
+from autocompress.safe_io import NotRebuildable, load_module, module_files, save_module, sha256_file
 
 
 def content_key(*parts: Any) -> str:
@@ -30,12 +33,7 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = sha256_file
 
 
 class ModelCache:
@@ -51,47 +49,58 @@ class ModelCache:
         self.max_bytes = max_bytes
         self.hits = self.misses = self.corrupt = 0
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.pt", self.root / f"{key}.json"
+    def _paths(self, key: str) -> list[Path]:
+        """The entry's module files, then its sidecar (written last)."""
+        return [*module_files(self.root / key), self.root / f"{key}.entry.json"]
 
     def get(self, key: str) -> tuple[torch.nn.Module, dict] | None:
         """The cached module and its metadata, or ``None`` (missing or corrupt: then removed)."""
-        blob, meta = self._paths(key)
-        if not (blob.exists() and meta.exists()):
+        *files, sidecar = self._paths(key)
+        if not all(p.exists() for p in (*files, sidecar)):
             self.misses += 1
             return None
         try:
-            info = json.loads(meta.read_text())
-            ok = info.get("sha256") == _sha256(blob)
-        except (OSError, ValueError):
+            info = json.loads(sidecar.read_text())
+            ok = all(info["sha256"][p.name] == _sha256(p) for p in files)
+            module = load_module(self.root / key) if ok else None
+        except (OSError, ValueError, KeyError, TypeError, UserError):
             ok = False
         if not ok:
             self.corrupt += 1
             self.misses += 1
-            blob.unlink(missing_ok=True)
-            meta.unlink(missing_ok=True)
+            for p in (*files, sidecar):
+                p.unlink(missing_ok=True)
             return None
         self.hits += 1
-        os.utime(meta)  # recently used: evicted last
-        module = torch.load(blob, map_location="cpu", weights_only=False)
+        os.utime(sidecar)  # recently used: evicted last
         return module, info.get("meta", {})
 
-    def put(self, key: str, module: torch.nn.Module, meta: dict | None = None) -> None:
-        """Stores a module atomically (a reader sees the whole entry or none)."""
-        blob, sidecar = self._paths(key)
-        buffer = io.BytesIO()
-        torch.save(module, buffer)
-        atomic_write(blob, buffer.getvalue())
-        atomic_write(sidecar, json.dumps({"sha256": hashlib.sha256(buffer.getbuffer()).hexdigest(), "meta": meta or {}}))
+    def put(self, key: str, module: torch.nn.Module, meta: dict | None = None, *, example: torch.Tensor,
+            kwargs: dict | None = None) -> bool:
+        """Stores a module (a reader sees the whole entry or none); ``False`` when it cannot be
+        written in the code-free form (then nothing is stored).
+
+        Args:
+            example: An input batch, to check that the written module rebuilds to the same outputs.
+            kwargs: ``timm.create_model`` keyword arguments the module was built with.
+        """
+        *files, sidecar = self._paths(key)
+        sidecar.unlink(missing_ok=True)
+        try:
+            save_module(module, self.root / key, example, kwargs=kwargs)
+        except NotRebuildable:
+            return False
+        atomic_write(sidecar, json.dumps({"sha256": {p.name: _sha256(p) for p in files}, "meta": meta or {}}))
         if self.max_bytes is not None:
             self._evict(keep=key)
+        return True
 
     def _evict(self, keep: str) -> None:
         entries = []
-        for sidecar in self.root.glob("*.json"):
-            blob = sidecar.with_suffix(".pt")
+        for sidecar in self.root.glob("*.entry.json"):
+            key = sidecar.name[: -len(".entry.json")]
             try:
-                entries.append((sidecar.stat().st_mtime, sidecar.stem, blob.stat().st_size + sidecar.stat().st_size))
+                entries.append((sidecar.stat().st_mtime, key, sum(p.stat().st_size for p in self._paths(key))))
             except OSError:
                 continue
         _evict_oldest(entries, self.max_bytes, keep, lambda key: [p.unlink(missing_ok=True) for p in self._paths(key)])

@@ -34,7 +34,7 @@ class ModelConfig(_Strict):
         num_classes: Classifier width; ``null`` takes it from the dataset.
         img_size: Square input side in pixels.
         pretrained: Load timm's pretrained weights (needs the hub or its cache).
-        checkpoint: Local ``state_dict`` file, loaded with ``weights_only=True``.
+        checkpoint: Local ``state_dict`` file: ``.safetensors``, or ``torch.load`` with ``weights_only=True``.
         train_epochs: Epochs to train the base in-process when neither pretrained nor
             a checkpoint gives trained weights (fine-tunes them otherwise); 0 = use as is.
         train_lr: Peak learning rate of that training (AdamW, one-cycle).
@@ -167,6 +167,14 @@ class SearchConfig(_Strict):
         sampler: ``tpe``, ``nsga2`` or ``random``.
         trials: Trials to run (finished, pruned or failed) in this run.
         timeout: Wall-clock budget of the search, e.g. ``30m``, ``8h``, ``90s``; ``null`` = none.
+        step_timeout: Time limit of each step of a trial (each plugin's ``apply``, the export and
+            measurement of its artefact), of the base's and of the budget check's probe, e.g. ``20m``;
+            ``null`` = none. A step past it fails its trial (reason ``step timeout: prune
+            channel_prune ran past 20m (search.step_timeout)``) and the search goes on; a budget
+            probe past it is dropped from the check. In the main thread a ``SIGALRM`` timer
+            interrupts the step, so a hang inside one native call stops only when that call
+            returns to Python; on Ray a step still running 30 s after the limit has its worker
+            killed. Every minute a running step logs what it is doing.
         seed: Seed of the sampler and of every trial's randomness.
         storage: Optuna storage URL; ``null`` = SQLite ``study.db`` in the run folder.
         study_name: Optuna study name; ``null`` = the run folder's name.
@@ -205,6 +213,7 @@ class SearchConfig(_Strict):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     trials: int = Field(default=30, ge=1)
     timeout: float | None = Field(default=540.0, gt=0)
+    step_timeout: float | None = Field(default=1200.0, gt=0)
     seed: int = 0
     storage: str | None = None
     study_name: str | None = None
@@ -220,7 +229,7 @@ class SearchConfig(_Strict):
     cache: bool = True
     cache_mb: float = Field(default=2000.0, ge=0.0)
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "step_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value

@@ -33,6 +33,7 @@ from autocompress.results import RunFolder, atomic_write
 from autocompress.throughput import throughput
 from autocompress.search_space import SearchSpace, load_search_space
 from autocompress.trial import TrialSpec, run_trial, trial_dir
+from autocompress.watchdog import log_to
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -114,7 +115,12 @@ class Search:
             raise UserError(f"model.checkpoint: file not found: {self.config.model.checkpoint}")
         from autocompress.data import load_data
 
-        load_data(self.config.data, self.config.model.img_size)
+        data = load_data(self.config.data, self.config.model.img_size)
+        if self.config.model.checkpoint is not None:  # one that does not fit stops here, before the run folder is made
+            from autocompress.models import create_model
+
+            create_model(self.config.model.model_copy(update={"pretrained": False}),
+                         self.config.model.num_classes or data.num_classes)
 
     def _stop_inputs(self) -> dict:
         """The accuracy floor, the finished trials' curves and the front, for early stopping inside a trial."""
@@ -135,6 +141,8 @@ class Search:
     def prepare(self) -> dict:
         """Creates the run folder, the base model and its measured record; checks the budget."""
         self.run.path.mkdir(parents=True, exist_ok=True)
+        for note in getattr(self.space, "notes", None) or []:  # e.g. plugins left out for device.runtime
+            self.log(note)
         if self.config.search.study_name is None:  # fixed now, so a renamed run folder still resumes its study
             self.config.search.study_name = self.run.path.name
         atomic_write(self.run / "config.yaml", dump_config(self.config))
@@ -170,17 +178,22 @@ class Search:
         if budget.max_latency_ms is None and budget.max_size_mb is None and budget.max_latency_vs_base is None:
             return
         b = self.base["metrics"]
-        probes, problems = [], []
+        probes, problems, dropped = [], [], []
         for runtime in self.config.device.runtimes:
             strongest = self.space.strongest(self.registry, runtime)
             probe = run_trial(self._spec(-2, strongest, structure_only=True, keep_artefact=False))
             shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+            desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE and s != "runtime") or "no compression"
+            if probe.get("timed_out"):  # a step that hangs (seen: torch-pruning's graph on some models) holds no one up
+                self.log(f"budget check on {runtime}: the most compressed configuration ({desc}) dropped from the "
+                         f"check: {probe['reason']}")
+                dropped.append(runtime)
+                continue
             if probe["state"] != "complete":
                 self.log(f"budget check on {runtime} skipped: the most compressed configuration failed ({probe['reason']})")
                 return
             probes.append(probe)
             m = probe["metrics"]
-            desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE and s != "runtime") or "no compression"
             if budget.max_size_mb is not None and m["size_mb"] > budget.max_size_mb:
                 problems.append(("budget.max_size_mb", f"{budget.max_size_mb} MB cannot be met: the most compressed "
                                  f"configuration ({desc}) is {m['size_mb']:.3f} MB on {runtime} (base {b['size_mb']:.3f} MB)"))
@@ -193,8 +206,10 @@ class Search:
                 problems.append(("budget.max_latency_vs_base", f"{budget.max_latency_vs_base}x the base cannot be met: "
                                  f"the most compressed configuration ({desc}) measures {m['latency_ms'] / b['latency_ms']:.2f}x "
                                  f"the base's {b['latency_ms']:.3f} ms on {runtime}"))
+        if not probes:
+            return
         self.run.write_json("probe.json", probes[0] if len(probes) == 1 else {"by_runtime": probes})
-        if len(problems) == len(probes):  # no runtime can meet it
+        if len(problems) == len(probes) and not dropped:  # no runtime can meet it (a dropped one might)
             field_name = problems[0][0]
             raise UserError(f"{field_name}: " + "; ".join(text for _, text in problems))
 
@@ -356,6 +371,8 @@ class Search:
         previous = signal.signal(signal.SIGINT, on_sigint) if (
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler) else None
+        heartbeat = log_to(self.log)  # in-process steps still running say so in the log and the display
+        heartbeat.__enter__()
         try:
             self.prepare()
             study = self._study()
@@ -404,6 +421,7 @@ class Search:
                 self._write_pareto()
             raise
         finally:
+            heartbeat.__exit__(None, None, None)
             self.executor.shutdown()
             lock.close()
             if previous is not None:

@@ -4,7 +4,6 @@ teacher's outputs kept per batch so a run computes them once."""
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save
 
 from autocompress.results import atomic_write
 
@@ -104,11 +105,11 @@ class TeacherOutputs:
         if slot in self._memory:
             self._memory.move_to_end(slot)
             return self._memory[slot]
-        path = self.folder / f"{key}.pt"
+        path = self.folder / f"{key}.safetensors"
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            out = entry["outputs"]
-            ok = entry["sha256"] == _digest(out)
+            with safe_open(str(path), framework="pt") as fh:
+                out, ok = fh.get_tensor("outputs"), False
+                ok = (fh.metadata() or {}).get("sha256") == _digest(out)
         except FileNotFoundError:
             return None
         except Exception:  # noqa: BLE001 - torn or foreign bytes: rebuilt, never trusted
@@ -123,13 +124,13 @@ class TeacherOutputs:
     def _remember(self, key: str, out: torch.Tensor) -> None:
         self._keep((str(self.folder), key), out)
         if self._disk_bytes is None:
-            self._disk_bytes = sum(f.stat().st_size for f in self.folder.glob("*.pt")) if self.folder.is_dir() else 0
+            self._disk_bytes = (sum(f.stat().st_size for f in self.folder.glob("*.safetensors"))
+                                if self.folder.is_dir() else 0)
         if self.max_bytes is not None and self._disk_bytes >= self.max_bytes:
             return
-        buffer = io.BytesIO()
-        torch.save({"outputs": out, "sha256": _digest(out)}, buffer)
-        atomic_write(self.folder / f"{key}.pt", buffer.getvalue())
-        self._disk_bytes += buffer.tell()
+        blob = save(({"outputs": out.contiguous()}), metadata={"sha256": _digest(out)})
+        atomic_write(self.folder / f"{key}.safetensors", blob)
+        self._disk_bytes += len(blob)
 
     @classmethod
     def _keep(cls, slot: tuple[str, str], out: torch.Tensor) -> None:

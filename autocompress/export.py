@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from autocompress.api import ARTEFACT_FORMAT, FORMATS, float_module, front_record, possible_formats, read_run
+from autocompress.api import (ARTEFACT_FORMAT, FORMATS, float_module, front_record, possible_formats, read_run,
+                              unreadable)
 from autocompress.errors import UserError
 
 TOLERANCE_PP = 0.1  # re-measured top-1 may differ from the recorded one by at most this much
@@ -114,7 +115,13 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
     runtime = {"onnx": "onnxruntime", "pt2": "torch", "torchscript": "torchscript"}[fmt]
     result = ExportResult(out, fmt, trial, runtime, dict(m), {}, config.device.batch_size)
     if verify:
-        result.measured = measure(load_predictor(out, fmt, config.device.threads), data, config)
+        try:
+            with unreadable(f"trial {trial}: {out}"):
+                predictor = load_predictor(out, fmt, config.device.threads)
+        except UserError:
+            out.unlink(missing_ok=True)  # a file that does not load is no export
+            raise
+        result.measured = measure(predictor, data, config)
         result.measured["size_mb"] = round(out.stat().st_size / 1e6, 6)
         wrong = result.mismatches()
         if wrong:

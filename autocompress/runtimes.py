@@ -91,7 +91,9 @@ class TorchRuntime(Runtime):
 
     def load(self, artefact, *, threads, device="cpu"):
         torch.set_num_threads(threads)
-        module = torch.export.load(str(artefact.path)).module()
+        from autocompress.safe_io import load_exported
+
+        module = load_exported(artefact.path).module()
         dev = torch.device(device)
         module.to(dev)
         if artefact.precision != "fp32":

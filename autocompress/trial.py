@@ -27,20 +27,24 @@ from autocompress.data import DataBundle, load_data
 from autocompress.distill import TeacherOutputs
 from autocompress.measure import count_params, measure_latency, module_predictor, top1
 from autocompress.models import create_model
+from autocompress.base import load_base_weights
 from autocompress.cache import ArtefactCache, ModelCache, content_key, link_or_copy
 from autocompress.early_stop import StopRule, StopTrial
 from autocompress.pareto import constraints
 from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
 from autocompress.registry import Registry, discover
 from autocompress.results import atomic_write
+from autocompress.safe_io import NotRebuildable, file_hashes, module_files, save_module
 from autocompress.runtimes import get_runtime
+from autocompress.watchdog import StepTimeout, timed_step
 
 BASE = "base"
 
 # Wraps every latency measurement. A no-op in-process; an executor that runs trials side by
 # side (Ray) replaces it with a per-node lock so two measurements never overlap on one node.
 measurement_lock: Any = contextlib.nullcontext
-MODULE_FILE = "model.module.pt"  # pickled float nn.Module of a float trial (removed with the artefact)
+MODULE_STEM = "model.module"  # a float trial's nn.Module: .safetensors + .json (removed with the artefact)
+MODULE_FILES = tuple(f.name for f in module_files(MODULE_STEM))
 
 
 @dataclass
@@ -98,7 +102,7 @@ def _base_model(run_dir: str, config_json: str) -> torch.nn.Module:
     data = load_data(config.data, config.model.img_size)
     model = create_model(config.model.model_copy(update={"pretrained": False, "checkpoint": None}),
                          config.model.num_classes or data.num_classes)
-    model.load_state_dict(torch.load(Path(run_dir) / "base" / "weights.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_base_weights(Path(run_dir)))
     return model.eval()
 
 
@@ -141,9 +145,11 @@ def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
         record["state"] = result.pop("state", "complete")
         record["reason"] = result.pop("reason", None)
         record.update(result)
-    except (Exception, MemoryError) as err:  # a failing trial is data, not a crash
+    except (Exception, MemoryError, StepTimeout) as err:  # a failing trial is data, not a crash
         record["state"] = "fail"
         record["reason"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+        if isinstance(err, StepTimeout):  # "step timeout: prune channel_prune ran past 20m (search.step_timeout)"
+            record["reason"], record["timed_out"] = err.reason, err.to_dict()
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "error.txt").write_text(traceback.format_exc())
         if not spec.keep_artefact or spec.number >= 0:
@@ -204,9 +210,17 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             seed=config.search.seed, batch_size=config.data.batch_size, threads=threads,
             report=report, structure_only=structure_only, teacher_outputs=teacher_outputs)
 
-    measure = functools.partial(_save_and_measure, spec=spec, config=config, runtime=runtime, data=data,
-                                device=device, test_if=functools.partial(_within_budget, config=config, floor=spec.floor)
-                                if spec.number >= 0 else None)  # the base (and the reference probe) always
+    timer = _step_timer(spec, config, out_dir)
+    save_and_measure = functools.partial(
+        _save_and_measure, spec=spec, config=config, runtime=runtime, data=data, device=device,
+        test_if=functools.partial(_within_budget, config=config, floor=spec.floor)
+        if spec.number >= 0 else None)  # the base (and the reference probe) always
+
+    def measure(result, final: Path, *, after: list = (), **kw) -> dict[str, Any]:
+        """Export and measurement, one timed step (named after the plugin whose output it is)."""
+        last = f", after {after[-1][0].value} {after[-1][1]}" if after else ""
+        with timer(f"export+measure ({runtime.name}{last})"):
+            return save_and_measure(result, final, **kw)
     out: dict[str, Any] = {"durations": durations, "curve": curve}
     trains = spec.number >= 0 and not spec.structure_only and any(cls.fine_tunes for *_, cls in steps)
     artefacts = whole_key = None
@@ -216,8 +230,8 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in steps])
         hit = artefacts.get(whole_key)
         if hit is not None:  # the same configuration, trained and quantized on the same batches: the same bytes
-            return _remeasure(*hit, key=whole_key, out_dir=out_dir, runtime=runtime, measure=measure, curve=curve,
-                              durations=durations)
+            return _remeasure(*hit, key=whole_key, out_dir=out_dir, runtime=runtime, curve=curve, durations=durations,
+                              measure=functools.partial(measure, after=steps))
         if artefacts.corrupt:
             out["artefact_cache"] = {"key": whole_key, "corrupt_rebuilt": True}
     if trains and rule.mode != "none":
@@ -232,11 +246,13 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             probe = None  # probed under another budget, without the accuracy a stopped trial's record needs
         if probe is None:
             ctx = context(True, work / "probe")
-            module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={})
-            result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={})
+            probe_timer = lambda step: timer(f"{step} (structure probe)")  # noqa: E731
+            module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={},
+                            timer=probe_timer)
+            result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={}, timer=probe_timer)
             # an untrained structure's accuracy only matters to the record of a trial stopped here
             probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module),
-                            accuracy_if=lambda metrics: structure_verdict(metrics, config) is not None)
+                            accuracy_if=lambda metrics: structure_verdict(metrics, config) is not None, after=structural)
             probe.pop("timings")
             if probes:
                 probes.put(probe, spec.number)
@@ -270,18 +286,20 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     trainers[0] = sum(cls.fine_tunes for *_, cls in steps)
     try:
         t_prefix = time.perf_counter()
-        model = _apply(prefix, model, ctx, durations, offset=offset, curve=curve)
+        model = _apply(prefix, model, ctx, durations, offset=offset, curve=curve, timer=timer)
         if cache is not None and prefix:
-            cache.put(key, model, {"trial": spec.number, "curve": list(curve),
-                                   "seconds": round(time.perf_counter() - t_prefix, 3)})
-        result = _apply([s for s in steps if s[0] == Stage.QUANTIZE], model, ctx, durations, offset=offset, curve=curve)
+            out["cache"]["stored"] = cache.put(
+                key, model, {"trial": spec.number, "curve": list(curve), "seconds": round(time.perf_counter() - t_prefix, 3)},
+                example=ctx.example_input, kwargs=config.model.kwargs)
+        result = _apply([s for s in steps if s[0] == Stage.QUANTIZE], model, ctx, durations, offset=offset, curve=curve,
+                        timer=timer)
     except StopTrial as stop:
         out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
             "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
             "rule": stop.rule, "reason": stop.reason, **({"after_training": True} if stop.final else {})})
         return _counted(out, teacher_outputs)
     record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
-                     params=count_params(result if isinstance(result, torch.nn.Module) else model))
+                     params=count_params(result if isinstance(result, torch.nn.Module) else model), after=steps)
     record.update(out)
     durations.update(record.pop("timings"))
     record = _counted(record, teacher_outputs)
@@ -302,7 +320,7 @@ def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, r
     for name, path in files.items():
         link_or_copy(path, out_dir / name)
     main = out_dir / meta["main"]
-    extras = [out_dir / name for name in files if name not in (meta["main"], MODULE_FILE)]
+    extras = [out_dir / name for name in files if name not in (meta["main"], *MODULE_FILES)]
     record = measure(Artefact(main, runtime.name, meta["precision"], extra_files=extras), main, keep=True,
                      params=meta["params"], known=meta)
     curve.extend(meta.get("curve", []))
@@ -322,9 +340,18 @@ def _counted(record: dict[str, Any], teacher_outputs: TeacherOutputs | None) -> 
     return record
 
 
+def _step_timer(spec: TrialSpec, config: RunConfig, out_dir: Path) -> Callable[[str], Any]:
+    """``timer(step)``: a context that runs one step of this trial under ``search.step_timeout``, with a heartbeat."""
+    label = {-1: "base", -2: "budget probe"}.get(spec.number, f"trial {spec.number}")
+    return functools.partial(timed_step, label, limit=config.search.step_timeout, folder=out_dir,
+                             log_file=Path(spec.run_dir) / "run.log")
+
+
 def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, durations: dict,
-           offset: list | None = None, curve: list | None = None) -> "torch.nn.Module | Artefact":
-    """Applies ``(stage, name, params, cls)`` steps in order; a stop inside names its stage."""
+           offset: list | None = None, curve: list | None = None,
+           timer: Callable[[str], Any] = lambda step: contextlib.nullcontext()) -> "torch.nn.Module | Artefact":
+    """Applies ``(stage, name, params, cls)`` steps in order, each under ``timer`` (the step time
+    limit); a stop inside names its stage."""
     result = model
     for stage, name, params, cls in steps:
         if isinstance(result, Artefact):
@@ -334,7 +361,8 @@ def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, 
         t0 = time.perf_counter()
         torch.manual_seed(ctx.seed)
         try:
-            result = cls.from_params(params).apply(result, ctx)
+            with timer(f"{stage.value} {name}"):
+                result = cls.from_params(params).apply(result, ctx)
         except StopTrial as stop:
             stop.stage, stop.plugin = stage.value, name
             durations[stage.value] = round(time.perf_counter() - t0, 3)
@@ -423,11 +451,13 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     if isinstance(result, torch.nn.Module):
         artefact = runtime.save(result, example, final)
         if keep:
-            # the float module itself, so `autocompress export` can write other formats exactly
+            # the float module itself (code-free), so `autocompress export` can write other formats exactly
             try:
-                torch.save(result, final.parent / MODULE_FILE)
-            except Exception:  # an unpicklable module (local hooks, ...) only limits the export formats
-                (final.parent / MODULE_FILE).unlink(missing_ok=True)
+                save_module(result, final.parent / MODULE_STEM, example, kwargs=config.model.kwargs,
+                            training_hooks=False)
+            except NotRebuildable:  # a module that does not rebuild from weights + structure only limits the formats
+                for f in module_files(final.parent / MODULE_STEM):
+                    f.unlink(missing_ok=True)
     else:
         if result.runtime != runtime.name:
             raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
@@ -472,6 +502,8 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         "artefact": str(final.relative_to(spec.run_dir)) if keep or spec.number < 0 else None,
         "device": _device_name(device),
     }
+    if keep or spec.number < 0:  # checked before any later use of the files (load, export, resume)
+        record["files"] = file_hashes([*artefact.files, *module_files(final.parent / MODULE_STEM)], spec.run_dir)
     if BASE in lat:
         record["base_latency_same_window"] = lat[BASE].to_dict()
         record["latency_vs_base"] = metrics["latency_vs_base"]

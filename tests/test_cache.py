@@ -3,21 +3,36 @@ import torch
 from autocompress.cache import ModelCache, content_key
 
 
+def _tiny():
+    import timm
+
+    return timm.create_model("test_resnet", num_classes=4).eval()
+
+
 def test_hit_returns_an_equal_module_and_corruption_is_rebuilt_not_trusted(tmp_path):
     cache = ModelCache(tmp_path)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    model = _tiny()
+    example = torch.randn(1, 3, 32, 32)
     key = content_key("prune", {"ratio": 0.5})
     assert cache.get(key) is None and cache.misses == 1
-    cache.put(key, model, {"curve": [[1, 90.0]]})
+    assert cache.put(key, model, {"curve": [[1, 90.0]]}, example=example)
     loaded, meta = cache.get(key)
     assert cache.hits == 1 and meta == {"curve": [[1, 90.0]]}
+    assert type(loaded) is type(model)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
-    blob = tmp_path / f"{key}.pt"
+    blob = tmp_path / f"{key}.safetensors"
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
     assert cache.get(key) is None and cache.corrupt == 1
     assert not blob.exists()
+
+
+def test_a_module_that_would_not_rebuild_is_not_cached(tmp_path):
+    cache = ModelCache(tmp_path)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())  # no timm architecture to rebuild from
+    assert cache.put("k", plain, example=torch.randn(1, 3, 32, 32)) is False
+    assert list(tmp_path.iterdir()) == [] and cache.get("k") is None
 
 
 def test_keys_depend_on_every_part():
@@ -28,13 +43,16 @@ def test_keys_depend_on_every_part():
 def test_eviction_keeps_the_cache_under_its_cap_oldest_first(tmp_path):
     import os
 
-    model = torch.nn.Linear(64, 64)  # ~17 kB pickled
-    cache = ModelCache(tmp_path, max_bytes=40_000)
+    model, example = _tiny(), torch.randn(1, 3, 32, 32)
+    size = ModelCache(tmp_path / "probe").put("x", model, example=example) and \
+        sum(f.stat().st_size for f in (tmp_path / "probe").iterdir())
+    cache = ModelCache(tmp_path / "c", max_bytes=2.5 * size)
     for i, key in enumerate(("a", "b")):
-        cache.put(key, model)
-        os.utime(tmp_path / f"{key}.json", (1000 + i, 1000 + i))
-    cache.put("c", model)
-    assert not (tmp_path / "a.pt").exists() and (tmp_path / "b.pt").exists() and (tmp_path / "c.pt").exists()
+        cache.put(key, model, example=example)
+        os.utime(tmp_path / "c" / f"{key}.entry.json", (1000 + i, 1000 + i))
+    cache.put("c", model, example=example)
+    kept = {k for k in "abc" if (tmp_path / "c" / f"{k}.safetensors").exists()}
+    assert kept == {"b", "c"}
 
 
 def test_an_artefact_entry_is_whole_verified_and_removed_when_a_file_is_missing_or_changed(tmp_path):

@@ -89,8 +89,8 @@ def test_the_run_has_int8_and_float_models_on_the_front_and_a_failed_and_an_infe
     assert records[0]["metrics"]["test_accuracy"] is None and records[0]["metrics"]["accuracy"] > 0
     assert all(records[n]["metrics"]["test_accuracy"] > 0 for n in front.values())
     assert (run / "data.json").is_file()
-    assert (run / f"trials/{front['fp32']:04d}/model.module.pt").is_file()
-    assert not (run / f"trials/{front['int8']:04d}/model.module.pt").exists()
+    assert (run / f"trials/{front['fp32']:04d}/model.module.safetensors").is_file()
+    assert not (run / f"trials/{front['int8']:04d}/model.module.safetensors").exists()
 
 
 def test_stored_study_loads_with_plain_optuna(run):
@@ -264,3 +264,21 @@ def test_show_filters_and_counts(run):
     assert result.exit_code == 0 and "2 of 2 shown" in result.output
     assert result.output.index("channel_prune") < result.output.index("int8_static")
     assert "base" in result.output and "Δ top-1" in result.output
+
+
+@pytest.mark.parametrize("case", ["under a file", "a file without an extension"])
+def test_export_out_that_cannot_be_written_is_one_line_and_keeps_the_file(run, tmp_path, monkeypatch, capsys, case):
+    (tmp_path / "notes").write_text("mine")
+    out, expected = {
+        "under a file": (tmp_path / "notes" / "model.onnx",
+                         f"--out: cannot create {tmp_path / 'notes' / 'model.onnx'}: {tmp_path / 'notes'} is a file, "
+                         "not a folder"),
+        "a file without an extension": (tmp_path / "notes",
+                                        f"--out: {tmp_path / 'notes'} is a file without an extension; name the file "
+                                        f"with one (e.g. {tmp_path / 'notes'}.onnx) or a folder"),
+    }[case]
+    code, _, err = _cli(monkeypatch, capsys, "export", run, "--trial", _front(run)["fp32"], "--format", "onnx",
+                        "--out", out)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == f"error: {expected}"
+    assert (tmp_path / "notes").read_text() == "mine"

@@ -197,8 +197,8 @@ def test_with_early_stop_none_the_same_trial_runs_to_the_end(prepared):
 def test_a_cached_fine_tune_is_reused_and_a_corrupt_entry_is_rebuilt(prepared):
     run = prepared.run.path
     first = run_trial(_spec(prepared, 10, PRUNE_KD))
-    assert first["cache"]["hit"] is False and first["durations"]["distill"] > 0
-    entries = sorted((run / "cache").glob("*.pt"))
+    assert first["cache"]["hit"] is False and first["cache"]["stored"] is True and first["durations"]["distill"] > 0
+    entries = sorted((run / "cache").glob("*.safetensors"))
     assert len(entries) == 1
 
     int8 = dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 2}])
