@@ -56,8 +56,12 @@ def ray_cluster():
 
     import ray
 
+    from autocompress.ray_executor import _loopback_node
+
     tmp = tempfile.mkdtemp(prefix="acrt-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp, logging_level="ERROR")
+    with _loopback_node():  # like the product's local Ray: nothing listens beyond this machine
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp, logging_level="ERROR",
+                 _node_ip_address="127.0.0.1")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -79,6 +79,10 @@ def faulty_plugins(tmp_path: Path) -> Path:
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / "faulty.py").write_text(FAULTY_PLUGIN)
+    # whatever the umask: workers import a plugin file in place (its __file__ finds pids/) only when no
+    # one but its owner can change it; otherwise they import their checked private copy
+    os.chmod(folder, 0o755)
+    os.chmod(folder / "faulty.py", 0o644)
     return folder
 
 
