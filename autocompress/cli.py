@@ -55,17 +55,24 @@ def search(
         if config is not None:
             raise UserError("--resume: give either a config file or --resume RUN, not both")
         base_config = load_resume(resume)
-        cfg = load_config(None, {**_flatten(base_config.model_dump(mode="json")), **overrides})
+        # a run folder may come from elsewhere: plugins only from folders named now, never the one its config names
+        received = {**_flatten(base_config.model_dump(mode="json")), "plugins_dir": None}
+        cfg = load_config(None, {**received, **overrides})
         run_dir = resume
     else:
         cfg = load_config(config, overrides)
         run_dir = out or default_run_dir(cfg)
         if (Path(run_dir) / "config.yaml").exists():
             raise UserError(f"--out: {run_dir} already holds a run; use --resume {run_dir} to continue it")
+        _check_run_folder(Path(run_dir), "--out" if out is not None else "run folder")
     display = SearchDisplay(console, enabled=not quiet)
     runner = Search(config=cfg, run_dir=run_dir, on_event=display.event)
     runner.validate()
     console.print(f"[bold]autocompress[/] run folder: {run_dir}")
+    files = runner.registry.files()  # said, since a resumed run imports these rather than what its folder names
+    folders = sorted({str(Path(f).parent) for f in files})
+    console.print(f"plugins: {len(files)} files from {escape(', '.join(folders)) or 'no folder'}"
+                  f" ({', '.join(Path(f).name for f in files)})", highlight=False)
     try:
         with display.live(runner.progress):
             pareto = runner.search()
@@ -77,6 +84,31 @@ def search(
     console.print(front_table(Path(run_dir)))
     console.print(f"{pareto['trials_finished']} trials finished, {pareto['trials_failed']} failed, "
                   f"{len(pareto['front'])} on the front.  Results: [bold]{run_dir}[/]")
+
+
+def _check_run_folder(run_dir: Path, flag: str = "--out") -> None:
+    """A new run's folder must be creatable, and new or empty (no other files are mixed with, or lost to, a run)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{flag}: {run_dir} is a file, not a folder; name a new folder for the run")
+    _check_creatable(run_dir, flag)
+    if run_dir.is_dir():
+        others = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise UserError(f"{flag}: {run_dir} already holds files ({shown}) and is not a run folder; "
+                            "name a new or empty folder")
+
+
+def _check_creatable(folder: Path, flag: str, target: Path | None = None) -> None:
+    """Raises a UserError when ``folder`` (for ``target``) cannot be made: a file stands on its path, or it is read-only."""
+    target = target or folder
+    for parent in [folder, *folder.parents]:
+        if parent.is_dir():
+            if parent != folder and not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"{flag}: cannot create {target}: {parent} is not writable")
+            return
+        if parent.exists() or parent.is_symlink():
+            raise UserError(f"{flag}: cannot create {target}: {parent} is a file, not a folder")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -132,8 +164,16 @@ def export(
     """Write a front model as ONNX, TorchScript or a torch.export program; reload and re-measure it."""
     from rich.table import Table
 
-    from autocompress.export import ExportMismatch, export as export_model
+    from autocompress.export import FORMATS, ExportMismatch, export as export_model
 
+    if out is not None and fmt in FORMATS:  # a folder, or a path without an extension, gets the default name inside
+        if out.is_dir() or not out.suffix:
+            if out.exists() and not out.is_dir():
+                raise UserError(f"--out: {out} is a file without an extension; name the file with one "
+                                f"(e.g. {out}{FORMATS[fmt]}) or a folder")
+            _check_creatable(out, "--out")
+        else:
+            _check_creatable(out.parent, "--out", out)
     try:
         result = export_model(run, trial, fmt, out)
     except ExportMismatch as err:
@@ -158,7 +198,6 @@ def export(
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) is returned, not raised, outside standalone mode

@@ -176,23 +176,57 @@ def _list_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     files, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((folder / name).rglob("*")):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
+            if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
                 files.append(file)
                 labels.append(label)
     return files, labels, classes
 
 
-def _decode(files: list[Path], img_size: int) -> torch.Tensor:
+def _decode(files: list[Path], img_size: int) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+    """Decodes images to uint8 ``[N, 3, S, S]``; an unreadable file is skipped.
+
+    Returns:
+        The images that could be read, their indices in ``files``, and ``(file, reason)`` of each skipped one.
+    """
     from PIL import Image
 
     out = torch.empty((len(files), 3, img_size, img_size), dtype=torch.uint8)
+    kept: list[int] = []
+    skipped: list[tuple[Path, str]] = []
     for i, file in enumerate(files):
-        with Image.open(file) as image:
-            image = image.convert("RGB")
-            if image.size != (img_size, img_size):
-                image = image.resize((img_size, img_size), Image.BILINEAR)
-            out[i] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    return out
+        try:
+            with Image.open(file) as image:
+                image = _to_rgb(image)
+                if image.size != (img_size, img_size):
+                    image = image.resize((img_size, img_size), Image.BILINEAR)
+                pixels = np.asarray(image).copy()
+        except Exception as err:  # PIL raises many kinds for a truncated, garbage or unsupported file
+            reason = (str(err).replace(str(file), file.name).splitlines() or [type(err).__name__])[0]
+            skipped.append((file, reason[:120]))
+            continue
+        out[len(kept)] = torch.from_numpy(pixels).permute(2, 0, 1)
+        kept.append(i)
+    return out[: len(kept)], kept, skipped
+
+
+def _to_rgb(image):
+    """8-bit RGB of any mode: 16-bit and 32-bit grey and float images are scaled, not clipped to white."""
+    from PIL import Image
+
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = float(pixels.max()) if pixels.size else 0.0
+        if image.mode == "F" and top <= 1.0:
+            scale = 255.0
+        elif image.mode.startswith("I;16") or 255 < top <= 65535:
+            scale = 255.0 / 65535.0
+        elif top > 65535:
+            scale = 255.0 / top
+        else:
+            scale = 1.0
+        grey = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")
 
 
 def _imagefolder(config: DataConfig, img_size: int) -> DataBundle:
@@ -219,13 +253,24 @@ def _imagefolder(config: DataConfig, img_size: int) -> DataBundle:
         idx = np.arange(len(files))
         if cap is not None and len(files) > cap:
             idx = np.sort(rng.permutation(idx)[:cap])
-        return _decode([files[i] for i in idx], img_size), torch.as_tensor([labels[i] for i in idx])
+        images, kept, skipped = _decode([files[i] for i in idx], img_size)
+        if skipped:
+            _check_readable(root / name, classes, [labels[i] for i in idx], kept, skipped)
+            shown = ", ".join(str(f.relative_to(root)) for f, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            notes.append(f"{name}/: {len(skipped)} of {len(idx)} images unreadable and skipped ({shown}; "
+                         f"first: {skipped[0][1]})")
+        return images, torch.as_tensor([labels[idx[k]] for k in kept], dtype=torch.int64)
 
     train = take("train", config.max_samples)
     if "val" in splits:
         val = take("val", config.max_samples)
     else:
-        train, val = _split(*train, config.val_fraction, config.seed)
+        try:
+            train, val = _split(*train, config.val_fraction, config.seed)
+        except ValueError as err:  # scikit-learn: a class with one image, or fewer held-out images than classes
+            raise UserError(f"data.path: {root / 'train'} cannot hold out {config.val_fraction:.0%} as validation, "
+                            f"{len(train[1])} readable images in {len(classes)} classes ({str(err).splitlines()[0]}); "
+                            "add a val/ folder or more images per class") from None
         notes.append(f"no val/: {config.val_fraction:.0%} of train held out as validation")
     if "test" in splits:
         test = take("test", config.max_samples)
@@ -235,6 +280,19 @@ def _imagefolder(config: DataConfig, img_size: int) -> DataBundle:
     mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
     make = lambda xy: Split(xy[0], xy[1], mean, std, augment=True)  # noqa: E731
     return DataBundle(make(train), make(val), make(test), len(classes), classes, img_size, notes)
+
+
+def _check_readable(folder: Path, classes: list[str], labels: list[int], kept: list[int],
+                    skipped: list[tuple[Path, str]]) -> None:
+    """Raises a UserError naming the split folder, or a class folder, none of whose images could be read."""
+    first = f"{skipped[0][0].name}: {skipped[0][1]}"
+    if not kept:
+        raise UserError(f"data.path: none of the {len(labels)} images in {folder} could be read (first: {first})")
+    readable = {labels[k] for k in kept}
+    for label in sorted(set(labels) - readable):
+        bad = [(f, why) for f, why in skipped if f.parent.is_relative_to(folder / classes[label])]
+        raise UserError(f"data.path: none of the {labels.count(label)} images in {folder / classes[label]} could be read "
+                        f"(first: {bad[0][0].name}: {bad[0][1]})")
 
 
 def _timm_dataset(config: DataConfig, img_size: int) -> DataBundle:

@@ -41,26 +41,71 @@ def create_model(config: ModelConfig, num_classes: int) -> torch.nn.Module:
 
 
 def load_checkpoint(model: torch.nn.Module, path) -> None:
-    """Loads a ``state_dict`` (or ``{"state_dict"|"model": ...}``) with ``weights_only=True``."""
+    """Loads a ``state_dict`` (or ``{"state_dict"|"model"|"model_state_dict": ...}``) into ``model``.
+
+    A ``.safetensors`` file is read with ``safetensors.torch.load_file``; anything else with
+    ``torch.load(weights_only=True)``. Keys saved from ``DataParallel`` (``module.`` prefix) are accepted.
+
+    Raises:
+        UserError: The file is missing or unreadable, holds no state_dict, or does not fit the model
+            (the first missing, unexpected and mismatching keys are named).
+    """
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model.checkpoint: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"model.checkpoint: {path} is not a weights-only torch checkpoint: {str(err).splitlines()[0][:160]}") from None
+    if path.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        except Exception as err:
+            raise UserError(f"model.checkpoint: {path} is not a readable safetensors file: {_first_line(err)}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise UserError(f"model.checkpoint: {path} is not a weights-only torch checkpoint: {_first_line(err)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"model.checkpoint: {path} holds no state_dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise UserError(f"model.checkpoint: {path} does not fit {type(model).__name__} with this num_classes: {first[:200]}") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"model.checkpoint: {path} holds no state_dict (a mapping of parameter names to tensors)")
+    own = model.state_dict()
+    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in own):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel / DDP
+    problem = _misfit(own, state)
+    if problem:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+        classes = getattr(model, "num_classes", None)
+        arch += f" ({classes} classes)" if isinstance(classes, int) else ""
+        raise UserError(f"model.checkpoint: {path} does not fit {arch}: {problem}")
+    model.load_state_dict(state, strict=True)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+
+
+def _misfit(own: dict, state: dict, show: int = 3) -> str:
+    """What keeps ``state`` from loading into a model with state ``own``; empty when it fits."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key{'s' * (len(missing) != 1)} ({names(missing)})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key{'s' * (len(unexpected) != 1)} ({names(unexpected)})")
+    if mismatched:
+        shapes = ", ".join(f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in mismatched[:show])
+        parts.append(f"{len(mismatched)} size mismatch{'es' * (len(mismatched) != 1)}, checkpoint vs model "
+                     f"({shapes}{', ...' if len(mismatched) > show else ''})")
+    return "; ".join(parts)
 
 
 def fit(

@@ -19,6 +19,11 @@ When ``device.runtime`` lists several runtimes, the runtime is searched too (Opt
 ``runtime``); a stage whose choices differ by runtime (quantizers that produce artefacts for one
 runtime) is then asked as ``<stage>@<runtime>`` so each Optuna distribution stays fixed. A
 warm-start entry may name ``runtime: openvino``; without it, the first runtime its choices run on.
+
+A plugin that runs on none of the target runtimes is refused, except in the project's own
+``search_spaces/default.yaml``, which the user did not write: there it is left out (and warm
+starts naming it are dropped), each with a note in ``SearchSpace.notes`` that the run logs.
+Warm-start values are checked against the plugin's ``Config`` and the space's own ranges.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from autocompress.errors import UserError, describe_validation_error
 from autocompress.plugin import NONE, STAGE_ORDER, Plugin, Stage
 
 Choice = tuple[str, dict[str, Any]]
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
 @dataclass
@@ -47,6 +53,8 @@ class SearchSpace:
         warm_start: Optuna parameter dicts to enqueue first.
         source: The file it came from.
         runtimes: The target runtimes (several: the runtime is searched); empty = any.
+        notes: What was left out of the file and why (plugins and warm starts for another runtime).
+        dropped: ``{stage: [plugin names]}`` left out because they run on none of ``runtimes``.
     """
 
     stages: dict[Stage, dict[str, dict[str, Any]]]
@@ -54,6 +62,8 @@ class SearchSpace:
     source: str = ""
     runtimes: list[str] = field(default_factory=list)
     registry: Any = None
+    notes: list[str] = field(default_factory=list)
+    dropped: dict[Stage, list[str]] = field(default_factory=dict)
 
     def options(self, stage: Stage, runtime: str | None = None) -> list[str]:
         """The plugin names (and ``none``) the search may pick for ``stage`` on ``runtime``."""
@@ -201,11 +211,22 @@ def load_search_space(path: Path | str, registry, runtime: str | list[str] | Non
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         raise UserError(f"search_space: {path} is not valid YAML") from None
-    return parse_search_space(raw, registry, runtime, source=str(path))
+    try:
+        is_default = path.resolve() == DEFAULT_SPACE
+    except OSError:
+        is_default = False
+    return parse_search_space(raw, registry, runtime, source=str(path), drop_other_runtimes=is_default)
 
 
-def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = None, source: str = "") -> SearchSpace:
-    """Validates a search space given as a mapping (see :func:`load_search_space`)."""
+def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = None, source: str = "", *,
+                       drop_other_runtimes: bool = False) -> SearchSpace:
+    """Validates a search space given as a mapping (see :func:`load_search_space`).
+
+    Args:
+        drop_other_runtimes: Leave out (with a note) a plugin that runs on none of the runtimes,
+            and drop warm starts naming it, instead of refusing the space; a stage left with no
+            choice is still refused. Used for the project's default space.
+    """
     runtimes = [runtime] if isinstance(runtime, str) else list(runtime or [])
     allowed = [s.value for s in STAGE_ORDER] + ["warm_start"]
     if not isinstance(raw, dict):
@@ -214,6 +235,8 @@ def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = No
         if key not in allowed:
             raise UserError(f"search_space.{key}: unknown key; allowed: {', '.join(allowed)}")
     stages: dict[Stage, dict[str, dict[str, Any]]] = {}
+    notes: list[str] = []
+    dropped: dict[Stage, list[str]] = {}
     for stage in STAGE_ORDER:
         entry = raw.get(stage.value)
         if entry is None:
@@ -235,22 +258,41 @@ def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = No
             if cls.stage != stage:
                 raise UserError(f"{where}: {name} is a {cls.stage.value} plugin, not {stage.value}")
             if runtimes and cls.runtimes is not None and not set(runtimes) & set(cls.runtimes):
-                raise UserError(f"{where}: {name} produces artefacts for {', '.join(sorted(cls.runtimes))}, "
-                                f"not device.runtime={'/'.join(runtimes)}")
+                refusal = (f"{where}: {name} produces artefacts for {', '.join(sorted(cls.runtimes))}, "
+                           f"not device.runtime={'/'.join(runtimes)}")
+                if not drop_other_runtimes:
+                    raise UserError(refusal)
+                dropped.setdefault(stage, []).append(name)
+                others = [n for n in registry.names(stage) if registry.get(n).runtimes is None
+                          or set(runtimes) & set(registry.get(n).runtimes)]
+                notes.append(f"{refusal}: left out" + (f" ({stage.value} plugins for {'/'.join(runtimes)}: "
+                                                       f"{', '.join(others)})" if others else ""))
+                continue
             merged = {k: normalise_spec(v) for k, v in cls.search_space.items()}
             merged.update(check_plugin_space(cls, space or {}, where))
             stages[stage][name] = merged
-    space = SearchSpace(stages=stages, source=source, runtimes=runtimes, registry=registry)
+        if not stages[stage]:  # every choice was left out for the runtime: nothing to search
+            raise UserError(f"search_space.{stage.value}: no choice runs on device.runtime={'/'.join(runtimes)} "
+                            f"({', '.join(dropped[stage])} left out); add 'none' or a {stage.value} plugin for it")
+    space = SearchSpace(stages=stages, source=source, runtimes=runtimes, registry=registry, notes=notes,
+                        dropped=dropped)
     for stage in stages:
         for rt in runtimes:
             if not space.options(stage, rt):
                 raise UserError(f"search_space.{stage.value}: no choice runs on runtime {rt}; "
                                 f"add 'none' or a {stage.value} plugin for {rt}")
-    space.warm_start = [_warm_params(i, item, space) for i, item in enumerate(raw.get("warm_start") or [])]
+    warm = [_warm_params(i, item, space) for i, item in enumerate(raw.get("warm_start") or [])]
+    space.warm_start = [params for params in warm if params is not None]
     return space
 
 
-def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any]:
+def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any] | None:
+    """The Optuna parameters of one warm start; ``None`` (with a note) when it names a plugin left out
+    for the runtime.
+
+    Raises:
+        UserError: An unknown stage, plugin or parameter, or a value the plugin or the space does not allow.
+    """
     where = f"search_space.warm_start[{index}]"
     if not isinstance(item, dict):
         raise UserError(f"{where}: expected {{stage: plugin}} or {{stage: {{plugin: {{param: value}}}}}}")
@@ -259,6 +301,11 @@ def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any]:
             raise UserError(f"{where}.{key}: unknown stage; allowed: prune, distill, quantize, runtime")
     named = {stage: (next(iter(v.items())) if isinstance(v, dict) and len(v) == 1 else (v, {}))
              for stage in STAGE_ORDER for v in [item.get(stage.value, NONE)]}
+    for stage, (name, _) in named.items():
+        if isinstance(name, str) and name in space.dropped.get(stage, []):
+            space.notes.append(f"{where}: dropped: {stage.value} {name} does not run on "
+                               f"device.runtime={'/'.join(space.runtimes)}")
+            return None
     runtimes = space.runtimes or [None]
     runtime = item.get("runtime")
     if runtime is not None and runtime not in runtimes:
@@ -278,8 +325,55 @@ def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any]:
                             f"{', '.join(options) or 'none'}")
         if len(options) > 1:
             params[space.stage_param(stage, runtime)] = name
+        if fixed is not None and not isinstance(fixed, dict):
+            raise UserError(f"{where}.{stage.value}.{name}: expected {{param: value}}, got {fixed!r}")
         for param, val in (fixed or {}).items():
             if param not in space.stages[stage][name]:
                 raise UserError(f"{where}.{stage.value}.{name}.{param}: not a searched parameter of {name}")
+            problem = _warm_value_problem(space.registry.get(name), param, space.stages[stage][name][param], val)
+            if problem:
+                raise UserError(f"{where}.{stage.value}.{name}.{param}: {val!r} {problem}")
             params[f"{stage.value}.{name}.{param}"] = val
     return params
+
+
+def _warm_value_problem(cls: type[Plugin], param: str, spec: Any, value: Any) -> str | None:
+    """Why a warm-start value is not allowed (by the plugin's Config or the space's own range); ``None`` if it is."""
+    allowed = f"the search space allows {describe_spec(spec)}"
+    try:
+        cls.Config.model_validate({param: value})
+    except ValidationError as err:
+        return f"is outside what {cls.name} accepts ({err.errors()[0]['msg']}); {allowed}"
+    if isinstance(spec, dict) and "low" in spec:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"is not a number; {allowed}"
+        if not spec["low"] <= value <= spec["high"]:
+            return f"is outside the search space's range; {allowed}"
+        step = spec.get("step")
+        if step and abs((value - spec["low"]) / step - round((value - spec["low"]) / step)) > 1e-8:
+            return f"is not on the search space's steps; {allowed}"
+    elif isinstance(spec, dict) and "choices" in spec:
+        if not any(_same(value, choice) for choice in spec["choices"]):
+            return f"is not among the search space's choices; {allowed}"
+    elif not _same(value, spec):
+        return f"differs from the search space's fixed value; {allowed}"
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, without ``True == 1`` (a bool matches only a bool; an int matches an equal float)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def describe_spec(spec: Any) -> str:
+    """A range, choices or fixed value in words: ``0.3 to 0.8 in steps of 0.1``, ``one of l2, l1``, ``only 8``."""
+    if isinstance(spec, dict) and "low" in spec:
+        text = f"{spec['low']} to {spec['high']}"
+        if spec.get("step"):
+            text += f" in steps of {spec['step']}"
+        return text + (" (log scale)" if spec.get("log") else "")
+    if isinstance(spec, dict) and "choices" in spec:
+        return "one of " + ", ".join(map(str, spec["choices"]))
+    return f"only {spec!r}"

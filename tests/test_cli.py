@@ -92,3 +92,80 @@ def test_search_then_show(tmp_path):
     assert shown.returncode == 0 and "base" in shown.stdout and "Pareto front" in shown.stdout
     again = run_cli("search", config, "--out", tmp_path / "run")
     assert_one_line_error(again, "already holds a run; use --resume")
+
+
+# --- issue 16: odd input, one line, nothing lost ---
+
+TINY = {
+    "model": {"name": "test_resnet", "train_epochs": 1},
+    "data": {"max_samples": 200},
+    "device": {"threads": 1, "warmup": 2, "repeats": 5, "rounds": 1},
+    "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": None},
+    "search": {"trials": 1},
+}
+
+
+def _png_folder(root, per_class=3, classes=("cat", "dog"), splits=("train", "val")):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_out_that_names_a_file_is_one_line_and_the_file_is_kept(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    config = write_yaml(tmp_path / "c.yaml", TINY)
+    assert_one_line_error(run_cli("search", config, "--out", tmp_path / "notes.txt"),
+                          f"--out: {tmp_path / 'notes.txt'} is a file, not a folder")
+    assert_one_line_error(run_cli("search", config, "--out", tmp_path / "notes.txt" / "run"),
+                          f"--out: cannot create {tmp_path / 'notes.txt' / 'run'}: {tmp_path / 'notes.txt'} is a file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_out_that_holds_other_files_is_refused(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    result = run_cli("search", write_yaml(tmp_path / "c.yaml", TINY), "--out", tmp_path / "mine")
+    assert_one_line_error(result, "already holds files (thesis.tex) and is not a run folder")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]
+
+
+def test_image_folder_whose_split_is_all_unreadable_names_the_folder(tmp_path):
+    root = _png_folder(tmp_path / "imgs")
+    for png in (root / "val").rglob("*.png"):
+        png.write_bytes(b"not a png")
+    config = write_yaml(tmp_path / "c.yaml", {**TINY, "data": {"source": "imagefolder", "path": str(root)}})
+    result = run_cli("search", config, "--out", tmp_path / "o")
+    assert_one_line_error(result, f"data.path: none of the 6 images in {root / 'val'} could be read")
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys_before_any_work(tmp_path):
+    import timm
+    import torch
+
+    state = timm.create_model("test_resnet", num_classes=10).state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")} | {"head.w": torch.zeros(2)}
+    torch.save(state, tmp_path / "w.pth")
+    config = write_yaml(tmp_path / "c.yaml", {**TINY, "model": {**TINY["model"], "checkpoint": str(tmp_path / "w.pth")}})
+    result = run_cli("search", config, "--out", tmp_path / "o")
+    assert_one_line_error(result, f"model.checkpoint: {tmp_path / 'w.pth'} does not fit test_resnet (10 classes): "
+                                  "missing 2 keys (fc.weight, fc.bias); unexpected 1 key (head.w)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_warm_start_value_out_of_range_stops_before_any_work(tmp_path):
+    space = write_yaml(tmp_path / "s.yaml", {
+        "prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.3, "high": 0.8, "step": 0.1}}},
+        "warm_start": [{"prune": {"channel_prune": {"ratio": 5.0}}}],
+    })
+    result = run_cli("search", write_yaml(tmp_path / "c.yaml", TINY), "--search-space", space, "--out", tmp_path / "o")
+    assert_one_line_error(result, "search_space.warm_start[0].prune.channel_prune.ratio: 5.0 is outside what "
+                                  "channel_prune accepts", "the search space allows 0.3 to 0.8 in steps of 0.1")
+    assert not (tmp_path / "o").exists()
