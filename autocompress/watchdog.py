@@ -3,8 +3,10 @@
 Each plugin's ``apply`` and the export+measure step of a trial (the base, the budget probe
 and structure probes included) run inside :func:`timed_step`:
 
-* **The limit.** In the main thread (in-process trials, Ray tasks) a ``SIGALRM`` timer
-  (:func:`signal.setitimer`) raises :class:`StepTimeout` at the limit. Python runs signal
+* **The limit.** In the main thread (in-process trials, Ray tasks) the watchdog thread sends
+  ``SIGALRM`` to that thread alone (:func:`signal.pthread_kill`; a process-wide timer would
+  interrupt other threads' system calls, and not every native library's threads survive an
+  ``EINTR``), whose handler raises :class:`StepTimeout` at the limit. Python runs signal
   handlers between bytecodes: a step in Python code, or blocked in ``sleep``, I/O or a
   lock, stops at once; a hang inside *one* native call (a C++ loop in a library) stops only
   when that call returns to Python. In another thread (or when someone else already armed
@@ -150,7 +152,7 @@ def timed_step(label: str, step: str, *, limit: float | None, folder: Path | Non
         StepTimeout: The step ran past ``limit``.
     """
     t0 = time.monotonic()
-    state = {"active": True, "fired": False, "async": False}
+    state = {"active": True, "fired": False, "async": False, "signalled": False}
     lock = threading.Lock()
     stop = threading.Event()
     thread_id = threading.get_ident()
@@ -171,14 +173,20 @@ def timed_step(label: str, step: str, *, limit: float | None, folder: Path | Non
         while True:
             elapsed = time.monotonic() - t0
             due = [next_beat]
-            if limit and not use_alarm and not state["fired"]:
+            if limit and not state["fired"] and not state["signalled"]:
                 due.append(limit)
             if stop.wait(max(0.0, min(due) - elapsed)):
                 return
             elapsed = time.monotonic() - t0
-            if limit and not use_alarm and not state["fired"] and elapsed >= limit:
+            if limit and not state["fired"] and not state["signalled"] and elapsed >= limit:
                 with lock:
-                    if state["active"]:
+                    if state["active"] and use_alarm:
+                        # directed at the step's thread: a process-wide alarm would interrupt any thread's
+                        # system call, and native libraries' threads (Ray, gRPC, thread pools) are not all
+                        # ready for EINTR
+                        state["signalled"] = True
+                        signal.pthread_kill(thread_id, signal.SIGALRM)
+                    elif state["active"]:
                         state["fired"] = state["async"] = True
                         _raise_in(thread_id, StepTimeout)
             if elapsed >= next_beat:
@@ -193,7 +201,6 @@ def timed_step(label: str, step: str, *, limit: float | None, folder: Path | Non
     try:
         if use_alarm:
             previous = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, float(limit))
         threading.Thread(target=watch, name=f"step-watchdog {label}: {step}", daemon=True).start()
         yield
         if state["fired"]:  # the step swallowed the exception, or could not be interrupted: fail it all the same
@@ -213,12 +220,13 @@ def timed_step(label: str, step: str, *, limit: float | None, folder: Path | Non
                 if state["async"]:
                     _raise_in(thread_id, None)  # clears a timeout not yet delivered
         finally:
+            stop.set()
             if use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                with lock:  # the watchdog sends no signal after this
+                    pass
                 if previous in (None, signal.SIG_DFL) and signal.SIGALRM in signal.sigpending():
                     previous = signal.SIG_IGN  # an alarm still blocked (by native code) must not kill the process later
                 signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
-            stop.set()
             if step_file is not None:
                 with contextlib.suppress(OSError):
                     step_file.unlink()
