@@ -164,7 +164,9 @@ class LoadedModel:
         model: A ready ``nn.Module`` in eval mode for float trials; an ``onnxruntime.InferenceSession``
             for int8 ONNX artefacts (there is no module for those).
         metrics: The metrics the search recorded (``accuracy`` = val top-1 %, ``test_accuracy`` =
-            held-out test top-1 %, ``latency_ms``, ``size_mb``, ``params``, ``precision``, ``runtime``).
+            held-out test top-1 %, ``latency_ms``, ``size_mb``, ``params``, ``macs``, ``macs_int8``,
+            ``memory_mb``, ``energy_mj`` and ``energy_source``, ``precision``, ``runtime``; ``not_measured``
+            says why a figure is ``None``; runs from before those figures lack them).
         preprocessing: ``img_size``, ``mean``, ``std``, ``num_classes``, ``classes`` and a description of
             the input.
         trial: The trial number.

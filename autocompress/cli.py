@@ -196,6 +196,15 @@ def export(
     console.print(f"wrote [bold]{result.path}[/]")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+             add_help_option=False)
+def agent(ctx: typer.Context) -> None:
+    """Time artefacts on this machine for a search elsewhere (--host, --port, --token-file, --max-mb; --help)."""
+    from autocompress.agent import main as agent_main
+
+    agent_main(list(ctx.args))
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2."""
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from autocompress.errors import UserError, describe_validation_error
 
@@ -62,6 +62,11 @@ class DataConfig(_Strict):
         max_samples: Cap on images per split (``null`` = all).
         batch_size: Batch size for training, calibration and evaluation.
         val_fraction: Share of train held out as validation when the data has no val split.
+        val_from: ``train`` (default: a ``val/`` folder, else ``val_fraction`` of train) or
+            ``test``: a fixed, stratified half of the test split is the validation split and the
+            other half the held-out test split, and all of train trains. Use ``test`` when the
+            base model was trained on the whole train folder: a validation split carved from it
+            is memorised and reads several points high.
         seed: Seed of the split and of the sample cap.
         mean: Normalisation mean (``null``: the dataset's own default).
         std: Normalisation std.
@@ -73,6 +78,7 @@ class DataConfig(_Strict):
     max_samples: int | None = Field(default=None, ge=10)
     batch_size: int = Field(default=64, ge=1, le=4096)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    val_from: Literal["train", "test"] = "train"
     seed: int = 0
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -97,12 +103,23 @@ class BudgetConfig(_Strict):
             during a night (shared or throttled CPUs: 10-20 % between minutes here).
         max_size_mb: Size on disk of the saved artefact (MB = 10**6 bytes).
         max_accuracy_drop: Allowed drop of top-1 (percentage points) below the base.
+        max_params: Parameters of the deployed structure.
+        max_macs: Multiply-accumulates of one call at the configured input (``device.batch_size``
+            x 3 x ``model.img_size``^2), as torch's ``FlopCounterMode`` counts them (FLOPs / 2).
+        max_memory_mb: Peak resident-set growth of loading the artefact and running one inference
+            on the target runtime, in a fresh process (MB = 10**6 bytes).
+        max_energy_mj: Energy per call in millijoules over the latency rounds, from the machine's
+            counter (RAPL on CPUs, NVML on NVIDIA GPUs); refused where the machine has none.
     """
 
     max_latency_ms: float | None = Field(default=0.6, gt=0)
     max_latency_vs_base: float | None = Field(default=None, gt=0, le=100)
     max_size_mb: float | None = Field(default=6.0, gt=0)
     max_accuracy_drop: float | None = Field(default=1.5, ge=0, le=100)
+    max_params: int | None = Field(default=None, ge=1)
+    max_macs: float | None = Field(default=None, gt=0)
+    max_memory_mb: float | None = Field(default=None, gt=0)
+    max_energy_mj: float | None = Field(default=None, gt=0)
 
 
 class DeviceConfig(_Strict):
@@ -120,6 +137,14 @@ class DeviceConfig(_Strict):
         warmup: Calls before timing.
         repeats: Timed calls per round.
         rounds: Rounds, interleaved with the base model's, whose spread is kept.
+        agent: ``http://HOST:PORT`` of an ``autocompress agent`` on the target device, or a list of
+            them (one measurement at a time each): every latency measurement, the base's included,
+            is then made there; size and accuracy stay local. ``null`` = time on this machine.
+            ONNX Runtime and OpenVINO artefacts only, on the agent's CPU.
+        agent_token_file: File holding the agents' token; ``null`` = ``$AUTOCOMPRESS_AGENT_TOKEN``.
+        agent_timeout: Seconds (or ``90s``, ``10m``) to wait for an agent at each step of a
+            measurement (connect, upload, queue behind other clients, timing); past it the
+            trial fails with the reason and the search goes on.
     """
 
     type: Literal["cpu", "cuda"] = "cpu"
@@ -129,6 +154,9 @@ class DeviceConfig(_Strict):
     warmup: int = Field(default=20, ge=0)
     repeats: int = Field(default=50, ge=1)
     rounds: int = Field(default=5, ge=1)
+    agent: str | list[str] | None = None
+    agent_token_file: Path | None = None
+    agent_timeout: float = Field(default=300.0, gt=0)
 
     @field_validator("runtime", mode="before")
     @classmethod
@@ -158,6 +186,41 @@ class DeviceConfig(_Strict):
     def runtimes(self) -> list[str]:
         """The target runtimes: one, or several for the search to choose from."""
         return [self.runtime] if isinstance(self.runtime, str) else list(self.runtime)
+
+    @field_validator("agent_timeout", mode="before")
+    @classmethod
+    def _agent_timeout(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("agent", mode="before")
+    @classmethod
+    def _agent_urls(cls, value: Any, info: ValidationInfo) -> Any:
+        from pydantic_core import PydanticCustomError
+
+        from autocompress.agent_protocol import canonical_url
+
+        if value is None:
+            return None
+        urls = [value] if isinstance(value, str) else value
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise PydanticCustomError("agent_type", "an agent URL http://HOST:PORT or a non-empty list of them")
+        try:
+            canonical = [canonical_url(u) for u in urls]
+        except ValueError as err:
+            raise PydanticCustomError("agent_url", str(err).replace("{", "(").replace("}", ")")) from None
+        if len(set(canonical)) != len(canonical):
+            raise PydanticCustomError("agent_repeated", "each agent URL may be listed once")
+        if "torch" in [info.data.get("runtime")] + list(info.data.get("runtime") or []):
+            raise PydanticCustomError("agent_torch", "the torch runtime (.pt2) cannot be measured by an agent: its "
+                                      "programs would run as code there; use device.runtime onnxruntime or openvino")
+        if info.data.get("type") == "cuda":
+            raise PydanticCustomError("agent_cuda", "an agent times on its CPU; use device.type cpu with device.agent")
+        return canonical[0] if isinstance(value, str) else canonical
+
+    @property
+    def agents(self) -> list[str]:
+        """The agents' URLs (``[]`` = latency is measured on this machine)."""
+        return [] if self.agent is None else [self.agent] if isinstance(self.agent, str) else list(self.agent)
 
 
 class SearchConfig(_Strict):
@@ -243,7 +306,13 @@ class SearchConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """A whole run. Every field optional; the defaults are the embedded digits demo."""
+    """A whole run. Every field optional; the defaults are the embedded digits demo.
+
+    Attributes:
+        objectives: 2 to 4 of ``accuracy``, ``latency``, ``size``, ``params``, ``macs``, ``memory``,
+            ``energy``, in the order Optuna is told them; accuracy is maximised, the others
+            minimised. A resumed run keeps the objectives it started with.
+    """
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -252,6 +321,28 @@ class RunConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     search_space: Path = Path("search_spaces/default.yaml")
     plugins_dir: Path | None = None
+    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "latency", "size"])
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, value: Any) -> list[str]:
+        from pydantic_core import PydanticCustomError
+
+        from autocompress.pareto import OBJECTIVE_KEYS
+
+        allowed = ", ".join(OBJECTIVE_KEYS)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise PydanticCustomError("objectives_type", f"a list of 2 to 4 of {allowed}")
+        for name in value:
+            if name not in OBJECTIVE_KEYS:
+                raise PydanticCustomError("objectives_unknown", f"unknown objective {name!r}; allowed: {allowed}")
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("objectives_repeated", "each objective may be listed once")
+        if not 2 <= len(value) <= 4:
+            raise PydanticCustomError("objectives_count", f"list 2 to 4 objectives (got {len(value)}); allowed: {allowed}")
+        return list(value)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
@@ -325,6 +416,8 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
         config.data.path = resolve_path(config.data.path, base=base)
     if config.plugins_dir is not None:
         config.plugins_dir = resolve_path(config.plugins_dir, base=base)
+    if config.device.agent_token_file is not None:
+        config.device.agent_token_file = resolve_path(config.device.agent_token_file, base=base)
     return config
 
 

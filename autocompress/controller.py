@@ -26,7 +26,8 @@ from autocompress.config import RunConfig, dump_config
 from autocompress.errors import UserError
 from autocompress.executors import Executor, make_executor
 from autocompress.machine import describe
-from autocompress.pareto import DIRECTIONS, OBJECTIVES, constraints, front, objective_values
+from autocompress.pareto import (BUDGET_METRICS, DEFAULT_OBJECTIVES, constraints, directions, front, metric_keys,
+                                  objective_values)
 from autocompress.plugin import NONE, STAGE_ORDER
 from autocompress.registry import Registry, discover
 from autocompress.results import RunFolder, atomic_write
@@ -92,8 +93,11 @@ class Search:
         self.space: SearchSpace | None = None
         self.base: dict | None = None
         self.records: dict[int, dict] = {}
+        self.objectives = metric_keys(config.objectives)  # metric keys, in the order Optuna is told them
+        self.agent_machines: dict[str, dict] = {}  # device.agent: each agent's machine, from /info
         self.progress = Progress(total=config.search.trials, timeout=config.search.timeout)
         self._stop = False
+        self.normalisation_note = ""
 
     def log(self, line: str) -> None:
         self.run.log(f"{dt.datetime.now():%H:%M:%S} {line}")
@@ -113,14 +117,63 @@ class Search:
                             + (f"; did you mean {', '.join(hint)}?" if hint else "; see timm.list_models()"))
         if self.config.model.checkpoint is not None and not Path(self.config.model.checkpoint).is_file():
             raise UserError(f"model.checkpoint: file not found: {self.config.model.checkpoint}")
-        from autocompress.data import load_data
+        self._check_energy()
+        if self.config.device.agents:  # every agent answers, with the token, before any work
+            from autocompress.agent_client import check_agents
 
+            d = self.config.device
+            self.agent_machines = check_agents(d.agents, d.agent_token_file, d.runtimes, timeout=d.agent_timeout)
+        from autocompress.data import load_data, normalisation
+
+        mean, std, source = normalisation(self.config.model, self.config.data)
+        if mean is not None:  # fixed in config.yaml, so trials, a resume and `load` all use it
+            self.config.data.mean, self.config.data.std = mean, std
+        self.normalisation_note = f"normalisation: {source}" + (f": mean {list(mean)}, std {list(std)}" if mean else "")
         data = load_data(self.config.data, self.config.model.img_size)
         if self.config.model.checkpoint is not None:  # one that does not fit stops here, before the run folder is made
             from autocompress.models import create_model
 
             create_model(self.config.model.model_copy(update={"pretrained": False}),
                          self.config.model.num_classes or data.num_classes)
+
+    def _check_energy(self) -> None:
+        """A budget or objective on energy where this machine has no counter is refused before any work.
+
+        Checked on the machine that runs the trials: this one, or a local Ray (a remote cluster's
+        trials that cannot measure it fail with the reason instead).
+        """
+        search = self.config.search
+        if search.executor == "ray" and search.ray_address not in (None, "local"):
+            return
+        field_name = ("budget.max_energy_mj" if self.config.budget.max_energy_mj is not None
+                      else "objectives" if "energy_mj" in self.objectives else None)
+        if field_name is None:
+            return
+        from autocompress.footprint import energy_unavailable
+
+        if getattr(self.config.device, "agents", None):  # latency is timed elsewhere: no counter here sees it
+            from autocompress.trial import AGENT_NO_ENERGY
+
+            raise UserError(f"{field_name}: energy cannot be measured: {AGENT_NO_ENERGY}")
+        why = energy_unavailable(self.config.device.type)
+        if why:
+            raise UserError(f"{field_name}: energy cannot be measured on this machine ({why})")
+
+    def _check_kept_objectives(self) -> None:
+        """A run resumed with other objectives than it started with is one line, before any work."""
+        import yaml
+
+        path = self.run.path / "config.yaml"
+        if not path.is_file():
+            return
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            return
+        before = list(saved.get("objectives") or DEFAULT_OBJECTIVES)  # runs from before objectives were chosen
+        if metric_keys(before) != self.objectives:
+            raise UserError(f"objectives: {self.run.path} was searched for {', '.join(before)}; a resumed run keeps "
+                            f"its objectives (start a new run for {', '.join(self.config.objectives)})")
 
     def _stop_inputs(self) -> dict:
         """The accuracy floor, the finished trials' curves and the front, for early stopping inside a trial."""
@@ -132,7 +185,8 @@ class Search:
                    and not (r.get("cache") or {}).get("hit")]  # a reused fine-tune repeats its curve
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
         return {"floor": floor, "history": history,
-                "front": [[*objective_values(r), r.get("latency_vs_base")] for r in front(feasible)]}
+                "front": [[*objective_values(r, self.objectives), r.get("latency_vs_base")]
+                          for r in front(feasible, self.objectives)]}
 
     def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
         return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),
@@ -146,7 +200,16 @@ class Search:
         if self.config.search.study_name is None:  # fixed now, so a renamed run folder still resumes its study
             self.config.search.study_name = self.run.path.name
         atomic_write(self.run / "config.yaml", dump_config(self.config))
-        self.run.write_json("machine.json", describe(self.config.device.threads))
+        machine = describe(self.config.device.threads)
+        from autocompress.footprint import energy_meter
+
+        meter, no_energy = energy_meter(self.config.device.type)  # what this machine can say about energy
+        machine["energy"] = {"source": meter.source if meter else None, "not_available": no_energy}
+        if self.config.device.agents:  # where latency is measured; this machine still trains and evaluates
+            machine["agents"] = self.agent_machines
+        self.run.write_json("machine.json", machine)
+        if self.normalisation_note:
+            self.log(self.normalisation_note)
         prepare_base(self.config, self.run.path, log=self.log)
         from autocompress.data import load_data
 
@@ -158,24 +221,34 @@ class Search:
                 choices["runtime"] = (runtime, {})
             record = run_trial(self._spec(-1, choices))
             if record["state"] != "complete":
+                if record.get("agent_error"):
+                    raise UserError(f"device.agent: the base model could not be measured: {record['reason']}")
                 raise RuntimeError(f"the base model could not be measured on {runtime}: {record['reason']}")
             by_runtime[runtime] = record
             m = record["metrics"]
             self.log(f"base: val top-1 {m['accuracy']:.2f}%  latency {m['latency_ms']:.3f} ms  "
-                     f"size {m['size_mb']:.2f} MB  ({runtime})")
+                     f"size {m['size_mb']:.2f} MB  {m.get('macs') or 0:,} MACs  "
+                     + (f"memory {m['memory_mb']:.1f} MB  " if m.get("memory_mb") is not None else "")
+                     + (f"energy {m['energy_mj']:.3f} mJ ({m['energy_source']})  " if m.get("energy_mj") is not None
+                        else "energy n/a  ") + f"({runtime})")
         # the reference is the base on its fastest target runtime, never a slower one
         base = dict(min(by_runtime.values(), key=lambda r: r["metrics"]["latency_ms"]))
         if len(by_runtime) > 1:
             base["by_runtime"] = {rt: r["metrics"] for rt, r in by_runtime.items()}
             self.log(f"base reference: {base['metrics']['runtime']} (the fastest of {', '.join(by_runtime)})")
         self.base = base
+        m = base["metrics"]
+        if m.get("test_accuracy") is not None and m["accuracy"] - m["test_accuracy"] > 2.0:
+            self.log(f"warning: the base reads {m['accuracy']:.2f}% on validation but {m['test_accuracy']:.2f}% on test: "
+                     "was it trained on the validation images? The accuracy floor is set on validation; consider "
+                     "data.val_from: test")
         self.run.write_json("base.json", base)
         self._check_budget()
         return base
 
     def _check_budget(self) -> None:
         budget = self.config.budget
-        if budget.max_latency_ms is None and budget.max_size_mb is None and budget.max_latency_vs_base is None:
+        if budget.max_latency_vs_base is None and all(getattr(budget, f) is None for f in BUDGET_METRICS):
             return
         b = self.base["metrics"]
         probes, problems, dropped = [], [], []
@@ -206,6 +279,10 @@ class Search:
                 problems.append(("budget.max_latency_vs_base", f"{budget.max_latency_vs_base}x the base cannot be met: "
                                  f"the most compressed configuration ({desc}) measures {m['latency_ms'] / b['latency_ms']:.2f}x "
                                  f"the base's {b['latency_ms']:.3f} ms on {runtime}"))
+            else:
+                problem = _figure_problem(budget, m, b, desc, runtime)
+                if problem:
+                    problems.append(problem)
         if not probes:
             return
         self.run.write_json("probe.json", probes[0] if len(probes) == 1 else {"by_runtime": probes})
@@ -217,10 +294,17 @@ class Search:
         storage = make_storage(self.config.search.storage, self.run.path)
         name = self.config.search.study_name or self.run.path.name
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS),
+        try:
+            existing = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # a new study
+            existing = None
+        if existing is not None and existing.metric_names and list(existing.metric_names) != list(self.objectives):
+            raise UserError(f"objectives: the study {name!r} was searched for {', '.join(existing.metric_names)}; a "
+                            f"resumed run keeps its objectives (start a new run for {', '.join(self.objectives)})")
+        study = optuna.create_study(storage=storage, study_name=name, directions=list(directions(self.objectives)),
                                     sampler=make_sampler(self.config), load_if_exists=True)
         if not study.metric_names:
-            study.set_metric_names(list(OBJECTIVES))
+            study.set_metric_names(list(self.objectives))
         study.set_user_attr("run_dir", str(self.run.path.resolve()))
         if study.trials:  # resumed: a seed of its own, or a seeded sampler would replay the first run's draws
             s = self.config.search
@@ -272,7 +356,7 @@ class Search:
                 for key, value in (record.get("constraints") or {}).items():
                     trial.set_constraint(key, value)
             if record["state"] == "complete":
-                study.tell(t.number, objective_values(record))
+                study.tell(t.number, objective_values(record, self.objectives))
             else:
                 if record.get("interrupted"):
                     self._requeue(study, t.params)
@@ -374,6 +458,7 @@ class Search:
         heartbeat = log_to(self.log)  # in-process steps still running say so in the log and the display
         heartbeat.__enter__()
         try:
+            self._check_kept_objectives()
             self.prepare()
             study = self._study()
             self.records = {r["number"]: r for r in self.run.trials()}
@@ -455,7 +540,7 @@ class Search:
         self.records[record["number"]] = record
         self.run.append_trial(record)
         if record["state"] == "complete":
-            study.tell(trial, objective_values(record))
+            study.tell(trial, objective_values(record, self.objectives))
         else:
             study.tell(trial, state=_optuna_state(record))
 
@@ -463,9 +548,10 @@ class Search:
         budget = self.config.budget
         m = dict(record.get("probe") or {})
         m["accuracy"] = record["stopped"]["accuracy"]
-        m.setdefault("latency_ms", budget.max_latency_ms or 0.0)
+        for field_name, key in BUDGET_METRICS.items():  # a figure the probe lacks violates nothing
+            if m.get(key) is None:
+                m[key] = getattr(budget, field_name) or 0.0
         m.setdefault("latency_vs_base", budget.max_latency_vs_base)
-        m.setdefault("size_mb", budget.max_size_mb or 0.0)
         cons = constraints({"metrics": m}, budget, self.base["metrics"]["accuracy"])
         if not any(v > 0 for v in cons.values()):  # within every budget at its stop, yet behind others
             cons["stopped"] = STOPPED_VIOLATION
@@ -474,7 +560,7 @@ class Search:
 
     def _write_pareto(self) -> dict:
         feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
-        best = front(feasible)
+        best = front(feasible, self.objectives)
         on_front = {r["number"] for r in best}
         base = self.base["metrics"] if self.base else None
         rows = []
@@ -483,10 +569,10 @@ class Search:
             rows.append({
                 "number": r["number"], "choices": r["choices"], "metrics": m, "artefact": r.get("artefact"),
                 "latency": r.get("latency"), "latency_vs_base": r.get("latency_vs_base"),
-                "vs_base": _vs_base(m, base) if base else None,
+                "vs_base": _vs_base(m, base) if base else None, "footprint": r.get("footprint"),
             })
         data = {
-            "objectives": list(OBJECTIVES), "directions": list(DIRECTIONS),
+            "objectives": list(self.objectives), "directions": list(directions(self.objectives)),
             "budget": self.config.budget.model_dump(), "base": base,
             "trials_finished": sum(r["state"] == "complete" for r in self.records.values()),
             "trials_failed": sum(r["state"] == "fail" and not r.get("interrupted") for r in self.records.values()),
@@ -529,11 +615,31 @@ def make_storage(url: str | None, run_dir: Path) -> "str | optuna.storages.BaseS
 
 
 def _vs_base(m: dict, base: dict) -> dict:
-    return {
-        "accuracy_pp": round(m["accuracy"] - base["accuracy"], 4),
-        "latency_x": round(base["latency_ms"] / m["latency_ms"], 3) if m["latency_ms"] else None,
-        "size_x": round(base["size_mb"] / m["size_mb"], 3) if m["size_mb"] else None,
-    }
+    """Change vs the base: accuracy in pp, every other figure as how many times lower (``None`` where unknown)."""
+    out = {"accuracy_pp": round(m["accuracy"] - base["accuracy"], 4)}
+    for key, name in (("latency_ms", "latency_x"), ("size_mb", "size_x"), ("params", "params_x"), ("macs", "macs_x"),
+                      ("memory_mb", "memory_x"), ("energy_mj", "energy_x")):
+        mine, theirs = m.get(key), base.get(key)
+        out[name] = round(theirs / mine, 3) if mine and theirs is not None else None
+    return out
+
+
+def _figure_problem(budget, m: dict, b: dict, desc: str, runtime: str) -> tuple[str, str] | None:
+    """Why the most compressed configuration's params, MACs, memory or energy cannot meet the budget, or ``None``.
+
+    Params and MACs are counted from the structure (exact); memory and energy are measured, so
+    they must be over by the latency noise allowance before the run is refused.
+    """
+    for field_name, key, noise, fmt in (("max_params", "params", 1.0, "{:,.0f} params"),
+                                        ("max_macs", "macs", 1.0, "{:,.0f} MACs"),
+                                        ("max_memory_mb", "memory_mb", LATENCY_NOISE, "{:.2f} MB"),
+                                        ("max_energy_mj", "energy_mj", LATENCY_NOISE, "{:.3f} mJ")):
+        limit, value = getattr(budget, field_name), m.get(key)
+        if limit is not None and value is not None and value > noise * limit:
+            base = f" (base {fmt.format(b[key])})" if b.get(key) is not None else ""
+            return (f"budget.{field_name}", f"{fmt.format(limit)} cannot be met: the most compressed configuration "
+                    f"({desc}) has {fmt.format(value)} on {runtime}{base}")
+    return None
 
 
 def load_resume(run_dir: Path | str) -> RunConfig:

@@ -34,6 +34,7 @@ class Split:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     augment: bool = False
+    _samples: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,6 +59,27 @@ class Split:
             if train and self.augment:
                 images = _crop_flip(images, gen)
             yield self.normalise(images), self.labels[idx]
+
+    def sample(self, n: int, seed: int = 0) -> "Split":
+        """A fixed, class-stratified random sample of ``n`` images (the whole split when ``n`` covers it).
+
+        Per-epoch accuracy is read on it: the first ``n`` images of a folder listed class by class
+        would be one class.
+        """
+        if n >= len(self):
+            return self
+        key = (n, seed)
+        if key not in self._samples:
+            from sklearn.model_selection import train_test_split
+
+            idx = np.arange(len(self))
+            try:
+                keep, _ = train_test_split(idx, train_size=n, stratify=self.labels.numpy(), random_state=seed)
+            except ValueError:  # a class too small to stratify: a plain random sample
+                keep = np.random.default_rng(seed).permutation(idx)[:n]
+            keep = torch.as_tensor(np.sort(keep))
+            self._samples[key] = Split(self.images[keep], self.labels[keep], self.mean, self.std, self.augment)
+        return self._samples[key]
 
     def example(self, batch_size: int = 1) -> torch.Tensor:
         """The first ``batch_size`` images, normalised: the example input for export and tracing."""
@@ -93,13 +115,58 @@ class DataBundle:
 
 
 def _crop_flip(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    b, _, h, w = images.shape
+    """A random crop of the reflect-padded image and a random horizontal flip, drawn per image."""
+    b, c, h, w = images.shape
     padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(torch.uint8)
-    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    out = padded[:, :, dy : dy + h, dx : dx + w]
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+    rows = (offsets[:, 0, None] + torch.arange(h))[:, None, :, None]
+    cols = (offsets[:, 1, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
     flip = torch.rand(b, generator=gen) < 0.5
     out[flip] = out[flip].flip(-1)
     return out.contiguous()
+
+
+def normalisation(model, data: DataConfig) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None, str]:
+    """The input normalisation a run should use, and where it comes from (said in one line at the start).
+
+    In order: ``data.mean``/``data.std`` when set; the checkpoint's sidecar JSON (``<checkpoint>.json``
+    with ``mean`` and ``std``, as the trainer wrote it); timm's pretrained config for pretrained weights;
+    else the dataset's own default (``None``).
+
+    Args:
+        model: The :class:`~autocompress.config.ModelConfig`.
+        data: The data config.
+
+    Returns:
+        ``(mean, std, source)``; mean and std are ``None`` for the dataset default.
+
+    Raises:
+        UserError: A sidecar JSON that cannot be read, or whose mean/std are not three numbers.
+    """
+    if data.mean is not None and data.std is not None:
+        return data.mean, data.std, "the config (data.mean, data.std)"
+    if model.checkpoint is not None:
+        sidecar = Path(model.checkpoint).with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                info = json.loads(sidecar.read_text())
+                mean, std = info.get("mean"), info.get("std")
+                if mean is not None or std is not None:
+                    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+                    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+                        raise ValueError("mean and std must be three numbers, std above 0")
+                    return mean, std, f"the checkpoint's sidecar {sidecar}"
+            except (OSError, ValueError, TypeError) as err:
+                raise UserError(f"model.checkpoint: its sidecar {sidecar} has no usable mean/std ({err})") from None
+    if model.pretrained:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(model.name)
+        if cfg is not None and getattr(cfg, "mean", None) and getattr(cfg, "std", None):
+            return tuple(cfg.mean), tuple(cfg.std), f"timm's pretrained config of {model.name}"
+    default = {"digits": "the training split's own statistics"}.get(data.source, "ImageNet's statistics")
+    return data.mean, data.std, f"the dataset default ({default})"
 
 
 def config_key(config: DataConfig, img_size: int) -> str:
@@ -167,7 +234,8 @@ def _digits(config: DataConfig, img_size: int) -> DataBundle:
     return DataBundle(
         make(train_x, train_y), make(val_x, val_y), make(test_x, test_y),
         num_classes=10, classes=[str(i) for i in range(10)], img_size=img_size,
-        notes=["scikit-learn digits: 8x8 upsampled to 3x%dx%d; split 60/20/20 stratified" % (img_size, img_size)],
+        notes=["scikit-learn digits: 8x8 upsampled to 3x%dx%d; split 60/20/20 stratified "
+               "(validation and test are both held out of training, whatever data.val_from)" % (img_size, img_size)],
     )
 
 
@@ -262,6 +330,15 @@ def _imagefolder(config: DataConfig, img_size: int) -> DataBundle:
         return images, torch.as_tensor([labels[idx[k]] for k in kept], dtype=torch.int64)
 
     train = take("train", config.max_samples)
+    if config.val_from == "test":
+        if "test" not in splits:
+            raise UserError(f"data.val_from: test needs a test/ folder in {root}")
+        val, test = _halves(take("test", config.max_samples), root / "test", config.seed)
+        notes.append("val_from test: the test folder split in fixed stratified halves, validation and held-out test"
+                     + ("; val/ is not used" if "val" in splits else ""))
+        mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
+        make = lambda xy: Split(xy[0], xy[1], mean, std, augment=True)  # noqa: E731
+        return DataBundle(make(train), make(val), make(test), len(classes), classes, img_size, notes)
     if "val" in splits:
         val = take("val", config.max_samples)
     else:
@@ -280,6 +357,15 @@ def _imagefolder(config: DataConfig, img_size: int) -> DataBundle:
     mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
     make = lambda xy: Split(xy[0], xy[1], mean, std, augment=True)  # noqa: E731
     return DataBundle(make(train), make(val), make(test), len(classes), classes, img_size, notes)
+
+
+def _halves(split: tuple[torch.Tensor, torch.Tensor], where: Path | str, seed: int):
+    """A split cut into two fixed, stratified halves (validation, test)."""
+    try:
+        return _split(*split, 0.5, seed)
+    except ValueError as err:  # a class with a single image
+        raise UserError(f"data.val_from: {where} cannot be halved by class ({str(err).splitlines()[0]}); "
+                        "it needs at least two images of every class") from None
 
 
 def _check_readable(folder: Path, classes: list[str], labels: list[int], kept: list[int],
@@ -317,12 +403,19 @@ def _timm_dataset(config: DataConfig, img_size: int) -> DataBundle:
             images[j] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
             labels[j] = int(label)
         loaded[split] = (images, labels)
-    train, val = _split(*loaded["train"], config.val_fraction, config.seed)
+    if config.val_from == "test":
+        train = loaded["train"]
+        val, test = _halves(loaded["validation"], f"timm dataset {config.name} (validation split)", config.seed)
+    else:
+        train, val = _split(*loaded["train"], config.val_fraction, config.seed)
+        test = loaded["validation"]
     num_classes = int(max(loaded["train"][1].max(), loaded["validation"][1].max())) + 1
     mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
     make = lambda xy: Split(xy[0], xy[1], mean, std, augment=True)  # noqa: E731
     return DataBundle(
-        make(train), make(val), make(loaded["validation"]), num_classes,
+        make(train), make(val), make(test), num_classes,
         [str(i) for i in range(num_classes)], img_size,
-        [f"timm dataset {config.name}; validation split is the held-out test split"],
+        [f"timm dataset {config.name}; " + ("its validation split halved: validation and held-out test"
+                                            if config.val_from == "test" else
+                                            "validation split is the held-out test split")],
     )

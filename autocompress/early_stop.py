@@ -13,11 +13,13 @@ the curves that fine-tuning plugins report (``ctx.report(step, accuracy)``):
   from chance to the top after its first epoch (10 % -> 99 % on digits), so any gain assumed
   without curves would be a guess, and trials it stopped would never add the curves that
   correct it.
-* ``front`` (the default): ``budget``, and also stop a trial that cannot reach the Pareto front.
-  Its latency and size are known before it trains (the structure probe), so it is hopeless when
-  a feasible finished trial is at least as accurate as its best case, at least
-  ``latency_margin`` faster and no larger: it could never add to the front. The multi-objective
-  form of "far behind finished trials".
+* ``front`` (the default): ``budget``, and also stop a trial that cannot reach the Pareto front
+  of the run's objectives. Every objective but accuracy is known before it trains (the structure
+  probe: latency, size, params, MACs, and memory and energy where measured), so it is hopeless
+  when a feasible finished trial is at least as accurate as its best case and at least as good
+  in every other objective — better by ``latency_margin`` in the measured ones (latency, energy,
+  memory), no larger in the counted ones (size, params, MACs): it could never add to the front.
+  The multi-objective form of "far behind finished trials".
 * ``halving``: ``front``, and also stop a trial below the median of finished trials at the same
   step once at least ``min_history`` of them reached it (successive-halving style; biased
   against heavily pruned trials, which start lower).
@@ -32,6 +34,11 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+
+from autocompress.pareto import OBJECTIVES, TIMED
+
+_UNITS = {"latency_ms": ("{:.3f} ms"), "size_mb": "{:.2f} MB", "params": "{:,.0f} params", "macs": "{:,.0f} MACs",
+          "memory_mb": "{:.1f} MB memory", "energy_mj": "{:.3f} mJ"}
 
 
 class StopTrial(Exception):
@@ -56,13 +63,15 @@ class StopRule:
             reached it; ``None`` (default) = unbounded: no ``budget`` or ``front`` stop before then.
         min_history: Finished curves needed at a step before their gains (``budget``) or their
             median (``halving``) are used.
-        front: ``[accuracy %, latency ms, size MB, latency / base or None]`` of the feasible finished
-            trials on the front.
-        position: ``(latency ms, size MB, latency / base or None)`` this trial's structure measured
-            before training; ``None`` = unknown (no ``front`` stop).
-        latency_margin: How much faster (fraction) a front point must be to count as faster,
-            so latency noise in the probe does not stop a trial. Latencies are compared as ratios
-            to the base timed beside each where both have one, in ms otherwise.
+        objectives: The run's objectives as metric keys (default ``accuracy, latency_ms, size_mb``).
+        front: ``[*objective values, latency / base or None]`` of the feasible finished trials on the
+            front, the values in the order of ``objectives``.
+        position: ``(*values of the objectives other than accuracy, latency / base or None)`` of this
+            trial's structure, measured before training; ``None`` = unknown (no ``front`` stop).
+        latency_margin: How much better (fraction) a front point must be in a measured objective
+            (latency, energy, memory) to count as better, so measurement noise in the probe does not
+            stop a trial. Latencies are compared as ratios to the base timed beside each where both
+            have one, in ms otherwise.
         slice_bias: The base's top-1 on the validation slice minus on the whole validation split:
             curves are on the slice, the floor and the front on the whole split.
         slice_size: Images in the slice; an estimate from it is given the benefit of two binomial
@@ -79,6 +88,42 @@ class StopRule:
     latency_margin: float = 0.1
     slice_bias: float = 0.0
     slice_size: int = 512
+    objectives: tuple[str, ...] = OBJECTIVES
+
+    def position_of(self, metrics: dict) -> tuple | None:
+        """:attr:`position` from a structure probe's metrics (``None`` when one objective is missing)."""
+        values = [metrics.get(k) for k in self.objectives if k != "accuracy"]
+        if any(v is None for v in values):
+            return None
+        return (*values, metrics.get("latency_vs_base"))
+
+    def _beaten_by(self, best: float) -> str | None:
+        """Why a front point dominates this trial at its best case ``best``, or ``None``."""
+        others = [k for k in self.objectives if k != "accuracy"]
+        mine = list(self.position)
+        ratio = mine[len(others)] if len(mine) > len(others) else None
+        for row in self.front:
+            values = dict(zip(self.objectives, row))
+            theirs = row[len(self.objectives)] if len(row) > len(self.objectives) else None
+            if "accuracy" in values and values["accuracy"] < best:
+                continue
+            notes = []
+            for key, my_value in zip(others, mine):
+                other = values[key]
+                if key == "latency_ms" and ratio is not None and theirs is not None:
+                    # ratios to the base timed beside each are immune to the machine's speed drifting between the two
+                    my_value, other = ratio, theirs
+                    notes.append(f"{other:.3f}x vs {my_value:.3f}x the base")
+                limit = my_value * (1 - self.latency_margin) if key in TIMED else my_value
+                if other is None or other > limit:
+                    break
+            else:
+                def show(vals: dict) -> str:
+                    return ", ".join(_UNITS[k].format(vals[k]) for k in others)
+                acc = f"{values['accuracy']:.2f}% at " if "accuracy" in values else ""
+                return (f"cannot reach the front: at best {best:.2f}% at {show(dict(zip(others, mine)))}; "
+                        f"a finished trial has {acc}{show(values)}" + (f" ({notes[0]})" if notes else ""))
+        return None
 
     def _peers(self, last: int | None) -> list[list[list[float]]]:
         """Finished curves on the same schedule: ending at ``last`` (all curves when unknown).
@@ -107,7 +152,8 @@ class StopRule:
         noise = 200.0 * math.sqrt(max(p * (1 - p), 0.01) / max(self.slice_size, 1))
         return accuracy - self.slice_bias + gain + noise
 
-    def check(self, step: int, accuracy: float, last: int | None = None, final: bool = False) -> None:
+    def check(self, step: int, accuracy: float, last: int | None = None, final: bool = False,
+              whole: bool = False) -> None:
         """Raises :class:`StopTrial` when the rule says the trial should stop.
 
         Args:
@@ -117,28 +163,23 @@ class StopRule:
             final: The trial's training is over (no gain left to allow for): a trial that cannot reach
                 the floor or the front as it is stops before it is quantized and measured. ``halving``
                 does not apply (the fine-tune it would save has been spent).
+            whole: ``accuracy`` was read on the whole validation split (the floor's own), not the
+                sample: no sampling noise or bias is allowed for.
         """
         if self.mode == "none":
             return
         gain = 0.0 if final else max(self.max_gain(step, last), 0.0)
-        best = self._best(accuracy, gain)
+        best = accuracy + gain if whole else self._best(accuracy, gain)
         if self.floor is not None and best < self.floor:
             raise StopTrial(step, accuracy, f"cannot reach the accuracy floor {self.floor:.2f}%: {accuracy:.2f}% at "
                                             f"step {step}{' (training over)' if final else ''}, at best {best:.2f}% "
-                                            f"(+{gain:.2f} pp seen after it, slice noise and bias allowed for)",
+                                            f"(+{gain:.2f} pp seen after it, "
+                                            f"{'whole validation split' if whole else 'sample noise and bias allowed for'})",
                             final=final)
         if self.mode in ("front", "halving") and self.position is not None:
-            latency, size, ratio = (*self.position, None)[:3]
-            for acc, lat, mb, *rest in self.front:
-                theirs = rest[0] if rest else None
-                # ratios to the base timed beside each are immune to the machine's speed drifting between the two
-                mine, other = (ratio, theirs) if ratio is not None and theirs is not None else (latency, lat)
-                if acc >= best and other <= mine * (1 - self.latency_margin) and mb <= size:
-                    raise StopTrial(step, accuracy, f"cannot reach the front: at best {best:.2f}% at {latency:.3f} ms, "
-                                                    f"{size:.2f} MB; a finished trial has {acc:.2f}% at {lat:.3f} ms, "
-                                                    f"{mb:.2f} MB" + (f" ({other:.3f}x vs {mine:.3f}x the base)"
-                                                                      if mine is ratio else ""),
-                                    rule="front", final=final)
+            beaten = self._beaten_by(best)
+            if beaten:
+                raise StopTrial(step, accuracy, beaten, rule="front", final=final)
         if self.mode == "halving" and not final:
             peers = [acc for curve in self._peers(last) for s, acc in curve if s == step]
             if len(peers) >= self.min_history and accuracy < statistics.median(peers):

@@ -7,57 +7,14 @@ that both see the same machine state, and the spread of the rounds is kept.
 
 from __future__ import annotations
 
-import math
-import statistics
-import time
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
 from autocompress.data import Split
+from autocompress.timing import Latency, time_interleaved
 
-
-@dataclass
-class Latency:
-    """Latency of one predictor in milliseconds.
-
-    Attributes:
-        median_ms: Median over every timed call of every round.
-        p10_ms / p90_ms: 10th and 90th percentile of the calls.
-        min_ms: Fastest call.
-        round_medians_ms: Median of each round (their spread shows drift between rounds).
-        cv: Coefficient of variation of the round medians.
-        calls: Timed calls in all.
-    """
-
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    min_ms: float
-    round_medians_ms: list[float]
-    cv: float
-    calls: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def _summarise(times: list[list[float]]) -> Latency:
-    flat = [t for rnd in times for t in rnd]
-    medians = [statistics.median(r) for r in times]
-    mean = statistics.fmean(medians)
-    cv = statistics.pstdev(medians) / mean if len(medians) > 1 and mean > 0 else 0.0
-    ms = lambda v: round(v * 1e3, 5)  # noqa: E731
-    return Latency(ms(statistics.median(flat)), ms(_quantile(flat, 0.1)), ms(_quantile(flat, 0.9)),
-                   ms(min(flat)), [ms(m) for m in medians], round(cv, 4), len(flat))
+__all__ = ["Latency", "count_params", "measure_latency", "module_predictor", "top1"]
 
 
 def measure_latency(
@@ -65,7 +22,7 @@ def measure_latency(
     warmup: int = 20, repeats: int = 50, rounds: int = 5, threads: int = 2,
     sync: Callable[[], None] | None = None,
 ) -> dict[str, Latency]:
-    """Times predictors in interleaved rounds on the same input.
+    """Times predictors in interleaved rounds on the same input (:func:`autocompress.timing.time_interleaved`).
 
     Args:
         predictors: ``{name: predictor}``; all are timed round by round, in turn.
@@ -82,26 +39,7 @@ def measure_latency(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for predict in predictors.values():
-            for _ in range(warmup):
-                predict(example)
-            if sync:
-                sync()
-        times: dict[str, list[list[float]]] = {name: [] for name in predictors}
-        for r in range(rounds):
-            order = list(predictors.items())
-            if r % 2:
-                order.reverse()
-            for name, predict in order:
-                rnd = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    predict(example)
-                    if sync:
-                        sync()
-                    rnd.append(time.perf_counter() - start)
-                times[name].append(rnd)
-        return {name: _summarise(t) for name, t in times.items()}
+        return time_interleaved(predictors, example, warmup=warmup, repeats=repeats, rounds=rounds, sync=sync)
     finally:
         torch.set_num_threads(previous)
 

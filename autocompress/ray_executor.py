@@ -67,7 +67,7 @@ from autocompress.watchdog import STEP_FILE, StepTimeout, read_step_file
 SLOT_PREFIX = "autocompress-measure-"
 _MAX_TEMP_DIR = 36  # Ray's socket paths add ~70 characters; unix sockets allow 107
 STEP_GRACE_S = 30.0  # a step still running this long after search.step_timeout has its worker killed
-_ENV_PASSED = ("HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME", "HF_DATASETS_OFFLINE")
+_ENV_PASSED = ("HF_HUB_OFFLINE", "HF_HOME", "TORCH_HOME", "HF_DATASETS_OFFLINE", "AUTOCOMPRESS_AGENT_TOKEN")
 LOOPBACK = "127.0.0.1"
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # Ray's (2.52+) token authentication
 PLUGIN_DIR = "autocompress-plugins"

@@ -1,9 +1,11 @@
 """``autocompress report``: one self-contained HTML page and a PNG of a run's Pareto front.
 
-``RUN/report.html`` holds the front in every pair of objectives and in 3-D (base model, infeasible
-and failed trials marked), the hypervolume of the feasible front over trials and over wall time,
-parameter importances per objective and the front table. plotly.js is embedded, so the page works
-offline. ``RUN/front.png`` is a static accuracy-vs-latency plot for slides and READMEs.
+``RUN/report.html`` holds the front in every pair of the run's objectives and, with three or more,
+in 3-D (base model, infeasible and failed trials marked), the hypervolume of the feasible front
+over trials and over wall time, parameter importances per objective and the front table with
+every figure (params, MACs, int8 MACs, memory, energy) whatever the objectives. plotly.js is
+embedded, so the page works offline. ``RUN/front.png`` is a static plot of accuracy against the
+first other objective (or of the first two objectives) for slides and READMEs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.display import describe_choices
-from autocompress.pareto import OBJECTIVES, dominates, hypervolume
+from autocompress.pareto import OBJECTIVES, directions, dominates, has_objectives, hypervolume, metric_keys
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
 COLOURS = {"front": "#d62728", "feasible": "#1f77b4", "infeasible": "#9a9a9a", "base": "#2ca02c"}
@@ -53,6 +55,11 @@ class RunData:
         return "feasible" if record.get("feasible") else "infeasible"
 
     @property
+    def objectives(self) -> tuple[str, ...]:
+        """The run's objectives as metric keys (runs from before they were chosen: the default three)."""
+        return metric_keys(self.pareto.get("objectives") or self.config.get("objectives") or OBJECTIVES)
+
+    @property
     def runtime_label(self) -> str:
         d = self.config.get("device", {})
         return f"{d.get('runtime', '?')}, batch {d.get('batch_size', 1)}, {d.get('threads', '?')} thread(s)"
@@ -76,33 +83,38 @@ def read(run: Path | str) -> RunData:
 # ----------------------------------------------------------------------------- hypervolume
 
 
-def reference_point(base: dict, budget: dict) -> dict[str, float]:
+REFERENCE_FACTOR = {"latency_ms": 2.0, "energy_mj": 2.0, "size_mb": 1.1, "params": 1.1, "macs": 1.1, "memory_mb": 1.1}
+"""The hypervolume's reference point, as a multiple of the base's figure: timed figures 2x, the others 1.1x."""
+
+
+def reference_point(base: dict, budget: dict, objectives=OBJECTIVES) -> dict[str, float]:
     """The fixed reference point of the hypervolume, derived from the base model.
 
-    Accuracy floor = base val top-1 minus the allowed drop (0 when no drop is set), latency = 2x the
-    base latency, size = 1.1x the base size.
+    Accuracy floor = base val top-1 minus the allowed drop (0 when no drop is set); latency and
+    energy = 2x the base's; size, params, MACs and memory = 1.1x the base's. An objective the base
+    has no figure for (an older run, energy where none is measured) is left out.
     """
     drop = budget.get("max_accuracy_drop")
-    return {
-        "accuracy": max(base["accuracy"] - drop, 0.0) if drop is not None else 0.0,
-        "latency_ms": 2.0 * base["latency_ms"],
-        "size_mb": 1.1 * base["size_mb"],
-    }
-
-
-def _normalised_losses(records: list[dict], ref: dict[str, float]) -> list[tuple[float, float, float]]:
-    # Each objective scaled so the ideal (100 %, 0 ms, 0 MB) is 0 and the reference point is 1.
-    span = max(100.0 - ref["accuracy"], 1e-9)
-    out = []
-    for r in records:
-        m = r["metrics"]
-        p = ((100.0 - m["accuracy"]) / span, m["latency_ms"] / ref["latency_ms"], m["size_mb"] / ref["size_mb"])
-        if all(v < 1.0 for v in p):
-            out.append(p)
+    out = {}
+    for key in metric_keys(objectives):
+        if key == "accuracy":
+            out[key] = max(base["accuracy"] - drop, 0.0) if drop is not None else 0.0
+        elif base.get(key):
+            out[key] = REFERENCE_FACTOR[key] * base[key]
     return out
 
 
-UNIT = [1.0, 1.0, 1.0]
+def _normalised_losses(records: list[dict], ref: dict[str, float]) -> list[tuple[float, ...]]:
+    # Each objective scaled so the ideal (100 %, 0 ms, 0 MB, ...) is 0 and the reference point is 1.
+    out = []
+    for r in records:
+        m = r["metrics"]
+        if not all(m.get(k) is not None for k in ref):
+            continue
+        p = tuple((100.0 - m[k]) / max(100.0 - ref[k], 1e-9) if k == "accuracy" else m[k] / ref[k] for k in ref)
+        if all(v < 1.0 for v in p):
+            out.append(p)
+    return out
 
 
 def hypervolume_history(data: RunData) -> list[dict[str, float]]:
@@ -116,7 +128,8 @@ def hypervolume_history(data: RunData) -> list[dict[str, float]]:
     """
     if not data.base:
         return []
-    ref = reference_point(data.base["metrics"], data.pareto.get("budget") or {})
+    ref = reference_point(data.base["metrics"], data.pareto.get("budget") or {}, data.objectives)
+    unit = [1.0] * len(ref)
     start = data.base.get("started") or min((r["started"] for r in data.records), default=0.0)
     done = lambda r: r.get("finished") or r["started"]  # noqa: E731
     feasible = [r for r in data.records if r["state"] == "complete" and r.get("feasible")]
@@ -124,8 +137,8 @@ def hypervolume_history(data: RunData) -> list[dict[str, float]]:
     for r in sorted(data.records, key=lambda r: r["number"]):
         out.append({
             "number": r["number"], "elapsed_s": round(done(r) - start, 2),
-            "by_number": hypervolume(_normalised_losses([f for f in feasible if f["number"] <= r["number"]], ref), UNIT),
-            "by_time": hypervolume(_normalised_losses([f for f in feasible if done(f) <= done(r)], ref), UNIT),
+            "by_number": hypervolume(_normalised_losses([f for f in feasible if f["number"] <= r["number"]], ref), unit),
+            "by_time": hypervolume(_normalised_losses([f for f in feasible if done(f) <= done(r)], ref), unit),
         })
     return out
 
@@ -188,8 +201,59 @@ AXES = {
     "accuracy": "val top-1 (%)",
     "latency_ms": "latency (ms)",
     "size_mb": "size on disk (MB)",
+    "params": "parameters",
+    "macs": "MACs per call",
+    "memory_mb": "peak memory of one inference (MB)",
+    "energy_mj": "energy per inference (mJ)",
 }
-PAIRS = [("latency_ms", "accuracy"), ("size_mb", "accuracy"), ("latency_ms", "size_mb")]
+SHORT = {"accuracy": "accuracy", "latency_ms": "latency", "size_mb": "size", "params": "params", "macs": "MACs",
+         "memory_mb": "memory", "energy_mj": "energy"}
+
+
+def pairs(objectives) -> list[tuple[str, str]]:
+    """Every pair of objectives as ``(x, y)``: accuracy on y where it is one of the two."""
+    keys = metric_keys(objectives)
+    out = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            out.append((b, a) if a == "accuracy" else (a, b))
+    return out
+
+
+def _count(n: float | None) -> str:
+    """``1234567`` -> ``1.23M``."""
+    if n is None:
+        return "n/a"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def figures(m: dict) -> dict[str, str]:
+    """Params, MACs, int8 MACs, memory and energy of a metrics dict as text; ``n/a (why)`` where missing."""
+    why = m.get("not_measured") or {}
+
+    def na(key: str) -> str:
+        return f"n/a ({why[key]})" if key in why else "n/a (not recorded by this run's autocompress)"
+
+    int8 = m.get("macs_int8")
+    share = f" ({100 * int8 / m['macs']:.0f} %)" if int8 and m.get("macs") else ""
+    return {
+        "params": f"{m['params']:,}" if m.get("params") is not None else na("params"),
+        "macs": _count(m["macs"]) if m.get("macs") is not None else na("macs"),
+        "macs_int8": _count(int8) + share if int8 is not None else na("macs_int8"),
+        "memory_mb": f"{m['memory_mb']:.1f}" if m.get("memory_mb") is not None else na("memory_mb"),
+        "energy_mj": (f"{m['energy_mj']:.4f} ({m.get('energy_source')})" if m.get("energy_mj") is not None
+                      else na("energy_mj")),
+    }
+
+
+def _figures_line(m: dict) -> str:
+    f = figures(m)
+    short = lambda text: text if not text.startswith("n/a") else "n/a"  # noqa: E731
+    return (f"{f['params']} params, {short(f['macs'])} MACs (int8 {short(f['macs_int8'])}), "
+            f"memory {short(f['memory_mb'])} MB, energy {short(f['energy_mj'])} mJ")
 
 
 def _hover(r: dict) -> str:
@@ -197,35 +261,39 @@ def _hover(r: dict) -> str:
     test = f"{m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "not evaluated: over budget"
     return (f"trial {r['number']}<br>val top-1 {m['accuracy']:.2f}% (test {test})"
             f"<br>{m['latency_ms']:.4f} ms, {m['size_mb']:.3f} MB, {m['precision']}"
+            f"<br>{html.escape(_figures_line(m))}"
             f"<br>{html.escape(describe_choices(r['choices']))}")
 
 
 def _base_hover(b: dict) -> str:
     return (f"base model<br>val top-1 {b['accuracy']:.2f}% (test {b['test_accuracy']:.2f}%)"
-            f"<br>{b['latency_ms']:.4f} ms, {b['size_mb']:.3f} MB, {b['precision']}")
+            f"<br>{b['latency_ms']:.4f} ms, {b['size_mb']:.3f} MB, {b['precision']}<br>{html.escape(_figures_line(b))}")
 
 
 def _front_2d(records: list[dict], x: str, y: str) -> list[dict]:
     # Non-dominated in this pair of objectives, ordered along x (for a step line).
-    dirs = {"accuracy": "maximize", "latency_ms": "minimize", "size_mb": "minimize"}
+    records = [r for r in records if has_objectives(r, (x, y))]
     vals = [[r["metrics"][x], r["metrics"][y]] for r in records]
+    dirs = directions((x, y))
     keep = [r for i, r in enumerate(records)
-            if not any(dominates(vals[j], vals[i], (dirs[x], dirs[y])) for j in range(len(records)) if j != i)]
+            if not any(dominates(vals[j], vals[i], dirs) for j in range(len(records)) if j != i)]
     return sorted(keep, key=lambda r: r["metrics"][x])
 
 
 def projections_figure(data: RunData):
-    """The front in each pair of objectives (latency-accuracy, size-accuracy, latency-size)."""
+    """The front in each pair of the run's objectives (one panel with two objectives)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
-                        subplot_titles=["accuracy vs latency", "accuracy vs size", "size vs latency"])
-    groups = {c: [r for r in data.complete if data.category(r) == c] for c in ("front", "feasible", "infeasible")}
+    panels = pairs(data.objectives)
+    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.07 if len(panels) <= 3 else 0.04,
+                        subplot_titles=[f"{SHORT[y]} vs {SHORT[x]}" for x, y in panels])
+    groups = {c: [r for r in data.complete if data.category(r) == c and has_objectives(r, data.objectives)]
+              for c in ("front", "feasible", "infeasible")}
     labels = {"front": "Pareto front", "feasible": "feasible, dominated", "infeasible": "infeasible (over budget)"}
     symbols = {"front": "circle", "feasible": "circle-open", "infeasible": "x"}
     feasible = groups["front"] + groups["feasible"]
-    for col, (x, y) in enumerate(PAIRS, start=1):
+    for col, (x, y) in enumerate(panels, start=1):
         line = _front_2d(feasible, x, y)
         if len(line) > 1:
             fig.add_trace(go.Scatter(
@@ -241,7 +309,7 @@ def projections_figure(data: RunData):
                 marker={"color": COLOURS[cat], "symbol": symbols[cat], "size": 10 if cat == "front" else 8},
                 name=labels[cat], legendgroup=cat, showlegend=col == 1,
                 text=[_hover(r) for r in rows], hovertemplate="%{text}<extra></extra>"), row=1, col=col)
-        if data.base:
+        if data.base and has_objectives(data.base, (x, y)):
             b = data.base["metrics"]
             fig.add_trace(go.Scatter(
                 x=[b[x]], y=[b[y]], mode="markers", name="base model", legendgroup="base", showlegend=col == 1,
@@ -249,34 +317,46 @@ def projections_figure(data: RunData):
                 text=[_base_hover(b)], hovertemplate="%{text}<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text=AXES[x], row=1, col=col)
         fig.update_yaxes(title_text=AXES[y], row=1, col=col)
+    title = "Pareto front" if len(panels) == 1 else "Pareto front: 2-D projections"
     fig.update_layout(height=460, margin={"t": 60, "b": 40, "l": 50, "r": 20},
-                      legend={"orientation": "h", "y": -0.2}, title_text="Pareto front: 2-D projections")
+                      legend={"orientation": "h", "y": -0.2}, title_text=title)
     return fig
 
 
+def axes_3d(objectives) -> tuple[str, str, str] | None:
+    """``(x, y, z)`` of the 3-D view: accuracy up where it is an objective; ``None`` with fewer than three."""
+    keys = list(metric_keys(objectives))
+    if len(keys) < 3:
+        return None
+    if "accuracy" in keys:
+        others = [k for k in keys if k != "accuracy"]
+        return others[0], others[1], "accuracy"
+    return keys[0], keys[1], keys[2]
+
+
 def front_3d_figure(data: RunData):
-    """Every complete trial in the three objectives, the front highlighted."""
+    """Every complete trial in three of the objectives (the first three; accuracy up), the front highlighted."""
     import plotly.graph_objects as go
 
+    x, y, z = axes_3d(data.objectives)
     fig = go.Figure()
     labels = {"front": "Pareto front", "feasible": "feasible, dominated", "infeasible": "infeasible (over budget)"}
     for cat in ("front", "feasible", "infeasible"):
-        rows = [r for r in data.complete if data.category(r) == cat]
+        rows = [r for r in data.complete if data.category(r) == cat and has_objectives(r, (x, y, z))]
         if rows:
             fig.add_trace(go.Scatter3d(
-                x=[r["metrics"]["latency_ms"] for r in rows], y=[r["metrics"]["size_mb"] for r in rows],
-                z=[r["metrics"]["accuracy"] for r in rows], mode="markers", name=labels[cat],
+                x=[r["metrics"][x] for r in rows], y=[r["metrics"][y] for r in rows],
+                z=[r["metrics"][z] for r in rows], mode="markers", name=labels[cat],
                 marker={"color": COLOURS[cat], "size": 6 if cat == "front" else 4,
                         "symbol": "x" if cat == "infeasible" else "circle"},
                 text=[_hover(r) for r in rows], hovertemplate="%{text}<extra></extra>"))
-    if data.base:
+    if data.base and has_objectives(data.base, (x, y, z)):
         b = data.base["metrics"]
-        fig.add_trace(go.Scatter3d(x=[b["latency_ms"]], y=[b["size_mb"]], z=[b["accuracy"]], mode="markers",
+        fig.add_trace(go.Scatter3d(x=[b[x]], y=[b[y]], z=[b[z]], mode="markers",
                                    name="base model", marker={"color": COLOURS["base"], "size": 8, "symbol": "diamond"},
                                    text=[_base_hover(b)], hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(title_text="Pareto front: 3-D view", height=560, margin={"t": 50, "b": 10, "l": 10, "r": 10},
-                      scene={"xaxis_title": AXES["latency_ms"], "yaxis_title": AXES["size_mb"],
-                             "zaxis_title": AXES["accuracy"]})
+                      scene={"xaxis_title": AXES[x], "yaxis_title": AXES[y], "zaxis_title": AXES[z]})
     return fig
 
 
@@ -319,59 +399,77 @@ def importance_figure(imps: dict[str, dict[str, float]]):
     return fig
 
 
+def png_axes(objectives) -> tuple[str, str]:
+    """``(x, y)`` of ``front.png``: accuracy against the first other objective, else the first two objectives."""
+    keys = list(metric_keys(objectives))
+    if "accuracy" in keys:
+        return next(k for k in keys if k != "accuracy"), "accuracy"
+    return keys[0], keys[1]
+
+
 def front_png(data: RunData, path: Path) -> Path:
-    """A static accuracy-vs-latency plot: every complete trial, the front highlighted, the base marked."""
+    """A static 2-D plot of the run's front (:func:`png_axes`): every complete trial, the front
+    highlighted with its trial numbers, the base marked, the budget lines drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from autocompress.pareto import BUDGET_METRICS
+
+    x, y = png_axes(data.objectives)
     fig = Figure(figsize=(8, 5.2), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     feasible = []
+    complete = [r for r in data.complete if has_objectives(r, (x, y))]
     for cat, label, style in (
         ("infeasible", "infeasible (over budget)", {"marker": "x", "s": 36, "linewidths": 1.2}),
         ("feasible", "feasible, dominated", {"marker": "o", "s": 36, "facecolors": "none"}),
         ("front", "Pareto front", {"marker": "o", "s": 64, "edgecolors": "black", "linewidths": 0.6, "zorder": 4}),
     ):
-        rows = [r for r in data.complete if data.category(r) == cat]
+        rows = [r for r in complete if data.category(r) == cat]
         if cat != "infeasible":
             feasible += rows
         if not rows:
             continue
         colour = {"edgecolors": COLOURS[cat]} if style.get("facecolors") == "none" else {"c": COLOURS[cat]}
-        ax.scatter([r["metrics"]["latency_ms"] for r in rows], [r["metrics"]["accuracy"] for r in rows],
-                   label=label, **colour, **style)
+        ax.scatter([r["metrics"][x] for r in rows], [r["metrics"][y] for r in rows], label=label, **colour, **style)
         if cat == "front":
             for r in rows:
-                ax.annotate(str(r["number"]), (r["metrics"]["latency_ms"], r["metrics"]["accuracy"]),
+                ax.annotate(str(r["number"]), (r["metrics"][x], r["metrics"][y]),
                             textcoords="offset points", xytext=(5, 4), fontsize=8)
-    line = _front_2d(feasible, "latency_ms", "accuracy")
+    line = _front_2d(feasible, x, y)
     if len(line) > 1:
-        ax.step([r["metrics"]["latency_ms"] for r in line], [r["metrics"]["accuracy"] for r in line], where="post",
-                color=COLOURS["front"], linestyle=":", linewidth=1, label="front (accuracy vs latency)")
-    if data.base:
+        ax.step([r["metrics"][x] for r in line], [r["metrics"][y] for r in line], where="post",
+                color=COLOURS["front"], linestyle=":", linewidth=1, label=f"front ({SHORT[y]} vs {SHORT[x]})")
+    if data.base and has_objectives(data.base, (x, y)):
         b = data.base["metrics"]
-        ax.scatter([b["latency_ms"]], [b["accuracy"]], marker="*", s=260, c=COLOURS["base"], edgecolors="black",
+        ax.scatter([b[x]], [b[y]], marker="*", s=260, c=COLOURS["base"], edgecolors="black",
                    linewidths=0.6, label="base model", zorder=5)
     budget = data.pareto.get("budget") or {}
-    if budget.get("max_latency_ms"):
-        ax.axvline(budget["max_latency_ms"], color="grey", linestyle="--", linewidth=0.8, label="latency budget")
-    if data.base and budget.get("max_accuracy_drop") is not None:
-        ax.axhline(data.base["metrics"]["accuracy"] - budget["max_accuracy_drop"], color="grey", linestyle="-.",
-                   linewidth=0.8, label="accuracy floor")
-    focus = [r["metrics"]["accuracy"] for r in feasible]
-    if data.base:
-        focus.append(data.base["metrics"]["accuracy"] - (budget.get("max_accuracy_drop") or 0))
-    if focus:
-        low = max(0.0, min(focus) - 5.0)
-        below = sum(r["metrics"]["accuracy"] < low for r in data.complete)
-        if below:  # collapsed trials would squash the front into a line at the top
-            ax.set_ylim(bottom=low, top=min(100.0, max(focus + [low]) + 2.0))
-            ax.annotate(f"{below} trial(s) below {low:.0f} % not shown", xy=(0.99, 0.02), xycoords="axes fraction",
-                        ha="right", fontsize=7, color="grey")
-    ax.set_xlabel(f"latency (ms; {data.runtime_label})")
-    ax.set_ylabel("validation top-1 accuracy (%)")
-    ax.set_title(f"{data.path.name}: accuracy vs latency ({len(data.pareto['front'])} on the front, "
+    for field_name, key in BUDGET_METRICS.items():
+        if budget.get(field_name) and key == x:
+            ax.axvline(budget[field_name], color="grey", linestyle="--", linewidth=0.8, label=f"{SHORT[x]} budget")
+        if budget.get(field_name) and key == y:
+            ax.axhline(budget[field_name], color="grey", linestyle="--", linewidth=0.8, label=f"{SHORT[y]} budget")
+    if y == "accuracy":
+        if data.base and budget.get("max_accuracy_drop") is not None:
+            ax.axhline(data.base["metrics"]["accuracy"] - budget["max_accuracy_drop"], color="grey", linestyle="-.",
+                       linewidth=0.8, label="accuracy floor")
+        focus = [r["metrics"]["accuracy"] for r in feasible]
+        if data.base:
+            focus.append(data.base["metrics"]["accuracy"] - (budget.get("max_accuracy_drop") or 0))
+        if focus:
+            low = max(0.0, min(focus) - 5.0)
+            below = sum(r["metrics"]["accuracy"] < low for r in complete)
+            if below:  # collapsed trials would squash the front into a line at the top
+                ax.set_ylim(bottom=low, top=min(100.0, max(focus + [low]) + 2.0))
+                ax.annotate(f"{below} trial(s) below {low:.0f} % not shown", xy=(0.99, 0.02), xycoords="axes fraction",
+                            ha="right", fontsize=7, color="grey")
+    label = lambda k: (f"latency (ms; {data.runtime_label})" if k == "latency_ms"  # noqa: E731
+                       else "validation top-1 accuracy (%)" if k == "accuracy" else AXES[k])
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(y))
+    ax.set_title(f"{data.path.name}: {SHORT[y]} vs {SHORT[x]} ({len(data.pareto['front'])} on the front, "
                  f"{len(data.complete)} complete, {len(data.failed)} failed)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -388,23 +486,51 @@ def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+FRONT_HEADERS = ["trial", "val top-1 %", "Δ top-1 pp", "test top-1 %", "latency ms", "speed-up", "size MB", "smaller",
+                 "params", "MACs", "int8 MACs", "memory MB", "energy mJ (source)", "precision", "configuration",
+                 "artefact"]
+
+
 def _front_rows(data: RunData) -> list[list[Any]]:
+    """The base and every front model with the full row of figures, ``n/a (why)`` where one is missing."""
     rows = []
     if data.base:
         b = data.base["metrics"]
+        f = figures(b)
         rows.append(["base", f"{b['accuracy']:.2f}", "", f"{b['test_accuracy']:.2f}", f"{b['latency_ms']:.4f}",
-                     "1.00x", f"{b['size_mb']:.3f}", "1.00x", f"{b['params']:,}", b["precision"],
-                     "no compression", data.base.get("artefact") or ""])
+                     "1.00x", f"{b['size_mb']:.3f}", "1.00x", f["params"], f["macs"], f["macs_int8"], f["memory_mb"],
+                     f["energy_mj"], b["precision"], "no compression", data.base.get("artefact") or ""])
     for r in data.pareto["front"]:
         m, v = r["metrics"], r.get("vs_base") or {}
+        f = figures(m)
         rows.append([r["number"], f"{m['accuracy']:.2f}",
                      f"{v['accuracy_pp']:+.2f}" if v.get("accuracy_pp") is not None else "",
                      f"{m['test_accuracy']:.2f}" if m.get("test_accuracy") is not None else "n/a",
                      f"{m['latency_ms']:.4f}",
                      f"{v['latency_x']:.2f}x" if v.get("latency_x") else "", f"{m['size_mb']:.3f}",
-                     f"{v['size_x']:.2f}x" if v.get("size_x") else "", f"{m['params']:,}", m["precision"],
-                     describe_choices(r["choices"]), r.get("artefact") or ""])
+                     f"{v['size_x']:.2f}x" if v.get("size_x") else "", f["params"], f["macs"], f["macs_int8"],
+                     f["memory_mb"], f["energy_mj"], m["precision"], describe_choices(r["choices"]),
+                     r.get("artefact") or ""])
     return rows
+
+
+OBJECTIVE_TEXT = {"accuracy": "validation top-1 (maximised)", "latency_ms": "latency on the target runtime",
+                  "size_mb": "size of the saved artefact on disk", "params": "parameters",
+                  "macs": "MACs per call (torch's FlopCounterMode on the exported float module)",
+                  "memory_mb": "peak memory of one inference on the target runtime (resident-set growth)",
+                  "energy_mj": "energy per inference (hardware counter over the latency rounds)"}
+
+
+def _objectives_note(objectives) -> str:
+    keys = metric_keys(objectives)
+    minimised = [OBJECTIVE_TEXT[k] for k in keys if k != "accuracy"]
+    parts = ([OBJECTIVE_TEXT["accuracy"]] if "accuracy" in keys else []) + (
+        [", ".join(minimised) + " (minimised)"] if minimised else [])
+    panel = ("the dotted line is the front of each 2-D projection" if len(keys) > 2
+             else "the dotted line joins the front")
+    return (f"Objectives of this run ({len(keys)}): {'; '.join(parts)}. The front is computed in these objectives "
+            f"over feasible trials; {panel}. Hover a point for its configuration and figures. The table gives every "
+            "model's full row of figures, objectives or not.")
 
 
 CSS = """
@@ -446,14 +572,11 @@ def build_html(data: RunData) -> str:
     parts.append(_table(["", ""], summary, "summary"))
 
     parts.append("<h2>Pareto front</h2>")
-    parts.append('<p class="note">Objectives: validation top-1 (maximised), latency on the target runtime and '
-                 'size of the saved artefact on disk (minimised). The front is computed in all three objectives '
-                 'over feasible trials; the dotted line is the front of each 2-D projection. Hover a point for its '
-                 'configuration.</p>')
+    parts.append(f'<p class="note">{html.escape(_objectives_note(data.objectives))}</p>')
     parts.append(fig_html(projections_figure(data)))
-    parts.append(fig_html(front_3d_figure(data)))
-    parts.append(_table(["trial", "val top-1 %", "Δ top-1 pp", "test top-1 %", "latency ms", "speed-up", "size MB",
-                         "smaller", "params", "precision", "configuration", "artefact"], _front_rows(data)))
+    if axes_3d(data.objectives):
+        parts.append(fig_html(front_3d_figure(data)))
+    parts.append(_table(FRONT_HEADERS, _front_rows(data)))
 
     parts.append("<h2>Failed trials</h2>")
     if data.failed:
@@ -468,7 +591,8 @@ def build_html(data: RunData) -> str:
     parts.append("<h2>Stopped early</h2>")
     if data.stopped:
         parts.append(f'<p class="note">{len(data.stopped)} trial(s) stopped early: at <code>structure</code> when the '
-                     'untrained structure already broke the latency or size budget (figures kept, infeasible), or during '
+                     'untrained structure already broke a budget (latency, size, params, MACs, memory or energy; figures kept, '
+                     'infeasible), or during '
                      'fine-tuning when the accuracy curve could not reach the floor.</p>')
         parts.append(_table(["trial", "stage", "step", "configuration", "reason"],
                             [[r["number"], (r.get("stopped") or {}).get("stage", ""), (r.get("stopped") or {}).get("step", ""),
@@ -479,13 +603,23 @@ def build_html(data: RunData) -> str:
 
     parts.append("<h2>Hypervolume</h2>")
     if history and data.base:
-        ref = reference_point(data.base["metrics"], budget)
+        ref = reference_point(data.base["metrics"], budget, data.objectives)
+        described = {
+            "accuracy": lambda v: f'accuracy floor = base top-1 minus the allowed drop, or 0 % without one (<b>{v:.2f} %</b>)',
+            "latency_ms": lambda v: f"latency = 2 × base (<b>{v:.4f} ms</b>)",
+            "energy_mj": lambda v: f"energy = 2 × base (<b>{v:.4f} mJ</b>)",
+            "size_mb": lambda v: f"size = 1.1 × base (<b>{v:.3f} MB</b>)",
+            "params": lambda v: f"params = 1.1 × base (<b>{v:,.0f}</b>)",
+            "macs": lambda v: f"MACs = 1.1 × base (<b>{v:,.0f}</b>)",
+            "memory_mb": lambda v: f"memory = 1.1 × base (<b>{v:.1f} MB</b>)",
+        }
+        left_out = [SHORT[k] for k in data.objectives if k not in ref]
         parts.append(
-            '<p class="note">Hypervolume of the feasible front, normalised to the box between the ideal point '
-            '(100 % top-1, 0 ms, 0 MB) and a fixed reference point derived from the base model: '
-            f'accuracy floor = base top-1 minus the allowed drop, or 0 % without one (<b>{ref["accuracy"]:.2f} %</b>), '
-            f'latency = 2 × base (<b>{ref["latency_ms"]:.4f} ms</b>), size = 1.1 × base (<b>{ref["size_mb"]:.3f} MB</b>). '
-            'Each objective is scaled to [0, 1] between the ideal and the reference value, so the hypervolume is '
+            '<p class="note">Hypervolume of the feasible front in the run\'s objectives, normalised to the box between '
+            'the ideal point (100 % top-1, zero for every other objective) and a fixed reference point derived from '
+            'the base model: ' + ", ".join(described[k](v) for k, v in ref.items()) + '. '
+            + (f'Left out (the base has no figure): {", ".join(left_out)}. ' if left_out else '')
+            + 'Each objective is scaled to [0, 1] between the ideal and the reference value, so the hypervolume is '
             'the share of that box the front dominates (1 = a perfect, free model). Trials worse than the '
             'reference point in any objective add nothing.</p>')
         parts.append(fig_html(hypervolume_figure(history)))

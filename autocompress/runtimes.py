@@ -20,6 +20,7 @@ import torch
 
 from autocompress.errors import UserError
 from autocompress.plugin import Artefact
+from autocompress.sessions import onnx_predictor, onnx_session, openvino_predictor
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -55,22 +56,10 @@ class OnnxRuntime(Runtime):
         return Artefact(Path(path), self.name, "fp32")
 
     def load(self, artefact, *, threads, device="cpu"):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(artefact.path), options, providers=providers)
-        input_name = session.get_inputs()[0].name
+        predict_array = onnx_predictor(onnx_session(str(artefact.path), threads=threads, device=device))
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {input_name: x.detach().cpu().numpy().astype(np.float32)})[0])
+            return torch.from_numpy(predict_array(x.detach().cpu().numpy().astype(np.float32)))
 
         return predict
 
@@ -171,33 +160,15 @@ class OpenVinoRuntime(Runtime):
         return save_openvino_ir(ov_model, path, "fp32")
 
     def load(self, artefact, *, threads, device="cpu"):
-        import openvino as ov
-
         if device != "cpu":
             raise UserError(f"device.type: the openvino runtime runs on cpu here, not {device}")
         xml = Path(artefact.path)
         bins = [Path(f) for f in artefact.extra_files if Path(f).suffix == ".bin"]
-        core = ov.Core()
-        model = core.read_model(str(xml), str(bins[0] if bins else xml.with_suffix(".bin")))
-        properties = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                      "INFERENCE_PRECISION_HINT": "f32"}
-        requests: dict[tuple[int, ...], object] = {}
-
-        def request_for(shape: tuple[int, ...]):
-            req = requests.get(shape)
-            if req is None:
-                if len(requests) >= self._shapes_kept:
-                    requests.pop(next(iter(requests)))
-                static = model.clone()
-                static.reshape({static.inputs[0]: ov.PartialShape(list(shape))})
-                req = requests[shape] = core.compile_model(static, "CPU", properties).create_infer_request()
-            return req
+        predict_array = openvino_predictor(str(xml), str(bins[0] if bins else xml.with_suffix(".bin")), threads=threads,
+                                           shapes_kept=self._shapes_kept)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-            req = request_for(tuple(array.shape))
-            req.infer({0: array})
-            return torch.from_numpy(req.get_output_tensor(0).data.copy())
+            return torch.from_numpy(predict_array(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)))
 
         return predict
 

@@ -123,6 +123,8 @@ def load_exported(path: Path | str) -> torch.export.ExportedProgram:
         raise UserError(f"{path}: not a torch.export archive") from None
     if pickled:
         raise UserError(f"{path}: holds pickled objects ({pickled[0]}); refusing to load it")
+    with contextlib.suppress(ImportError):  # registers the quantize/dequantize ops an int8 (PT2E) program calls
+        import torchao.quantization.pt2e  # noqa: F401
     try:
         with _weights_only_loads():
             return torch.export.load(str(path))

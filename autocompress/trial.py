@@ -29,9 +29,11 @@ from autocompress.measure import count_params, measure_latency, module_predictor
 from autocompress.models import create_model
 from autocompress.base import load_base_weights
 from autocompress.cache import ArtefactCache, ModelCache, content_key, link_or_copy
+from autocompress.agent_client import AgentError
 from autocompress.early_stop import StopRule, StopTrial
-from autocompress.pareto import constraints
-from autocompress.plugin import NONE, STAGE_ORDER, VAL_SLICE, Artefact, Stage, TrialContext
+from autocompress.footprint import EnergyTracker, energy_meter, measure_footprint
+from autocompress.pareto import constraints, metric_keys, required_metrics
+from autocompress.plugin import NONE, STAGE_ORDER, Artefact, Stage, TrialContext, curve_sample_size
 from autocompress.registry import Registry, discover
 from autocompress.results import atomic_write
 from autocompress.safe_io import NotRebuildable, file_hashes, module_files, save_module
@@ -43,6 +45,7 @@ BASE = "base"
 # Wraps every latency measurement. A no-op in-process; an executor that runs trials side by
 # side (Ray) replaces it with a per-node lock so two measurements never overlap on one node.
 measurement_lock: Any = contextlib.nullcontext
+AGENT_NO_ENERGY = "latency is timed on an agent (device.agent), where this machine's energy counter cannot see it"
 MODULE_STEM = "model.module"  # a float trial's nn.Module: .safetensors + .json (removed with the artefact)
 MODULE_FILES = tuple(f.name for f in module_files(MODULE_STEM))
 
@@ -62,7 +65,8 @@ class TrialSpec:
         keep_artefact: Keep the saved artefact under ``trials/<number>/``.
         floor: Accuracy floor in % for early stopping (base minus the allowed drop).
         history: Per-epoch curves ``[[step, accuracy], ...]`` of finished trials, for early stopping.
-        front: ``[accuracy, latency ms, size MB, latency / base]`` of the feasible trials on the front, for early stopping.
+        front: ``[*objective values (the run's objectives, in order), latency / base]`` of the feasible trials on
+            the front, for early stopping.
     """
 
     number: int
@@ -114,18 +118,22 @@ def _base_predictor(path: str, runtime: str, threads: int, device: str, mtime: f
 
 @functools.lru_cache(maxsize=2)
 def _slice_bias(run_dir: str, config_json: str) -> float:
-    """The base's top-1 on the validation slice curves are reported on, minus on the whole split."""
+    """The base's top-1 on the validation sample curves are reported on, minus on the whole split."""
     config = RunConfig.model_validate_json(config_json)
     data = load_data(config.data, config.model.img_size)
+    sample = data.val.sample(curve_sample_size(config.budget.max_accuracy_drop, len(data.val)), config.search.seed)
+    if sample is data.val:
+        return 0.0
     predict = module_predictor(_base_model(run_dir, config_json))
-    return top1(predict, data.val, limit=VAL_SLICE) - top1(predict, data.val)
+    return top1(predict, sample) - top1(predict, data.val)
 
 
 def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
     """Runs one trial and returns its record; never raises for a failing trial.
 
     The record holds ``state`` (``complete``, ``pruned`` = stopped early, or ``fail``), ``reason``, ``choices``, ``metrics``
-    (accuracy, test_accuracy, latency_ms, size_bytes, size_mb, params, precision, runtime),
+    (accuracy, test_accuracy, latency_ms, size_bytes, size_mb, params, macs, macs_int8, memory_mb, energy_mj,
+    energy_source, not_measured, precision, runtime), ``footprint`` (how MACs, memory and energy were measured),
     the full latency statistics, stage durations, the fine-tune curve and the artefact path;
     ``probe`` (figures of the untrained structure), ``stopped`` (stage, step, accuracy, reason of an
     early stop: a ``structure`` stop keeps state ``complete`` with the probe's figures, so the
@@ -150,6 +158,8 @@ def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
         record["reason"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
         if isinstance(err, StepTimeout):  # "step timeout: prune channel_prune ran past 20m (search.step_timeout)"
             record["reason"], record["timed_out"] = err.reason, err.to_dict()
+        if isinstance(err, AgentError):  # "agent http://127.0.0.1:8470 unreachable: [Errno 111] Connection refused"
+            record["reason"], record["agent_error"] = str(err)[:500], err.url
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "error.txt").write_text(traceback.format_exc())
         if not spec.keep_artefact or spec.number >= 0:
@@ -185,8 +195,10 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         steps = [step for step in steps if step[3].changes_structure]
     curve: list[list[float]] = []
     durations: dict[str, float] = {}
+    curve_images = curve_sample_size(config.budget.max_accuracy_drop, len(data.val))
     rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
-                    latency_margin=config.search.latency_margin, slice_size=min(VAL_SLICE, len(data.val)))
+                    latency_margin=config.search.latency_margin, slice_size=curve_images,
+                    objectives=metric_keys(config.objectives))
     offset = [0]
     teacher_outputs: TeacherOutputs | None = None
     if config.search.cache and teacher is not None and device.type == "cpu":  # hashing a batch costs more than a GPU forward
@@ -195,11 +207,16 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
 
     trainers = [0]  # fine-tuning stages still to run: a stage's last epoch ends the training only if it is the last
 
-    def report(step: int, accuracy: float, final: bool = False, last: int | None = None) -> None:
+    def report(step: int, accuracy: float, final: bool = False, last: int | None = None,
+               whole: float | None = None) -> None:
         curve.append([offset[0] + step, round(float(accuracy), 4)])
         done = final and trainers[0] <= 1
         trainers[0] -= bool(final)
-        if not final or done:
+        if done and whole is not None:  # a finished fine-tune: judged on the whole validation split
+            out["whole_val_after_training"] = round(float(whole), 4)
+            rule.check(offset[0] + step, float(whole), last=None if last is None else offset[0] + last, final=True,
+                       whole=True)
+        elif not final or done:
             rule.check(offset[0] + step, float(accuracy), last=None if last is None else offset[0] + last, final=done)
 
     def context(structure_only: bool, folder: Path) -> TrialContext:
@@ -208,7 +225,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             data=data, teacher=teacher, device=device, runtime=runtime.name,
             example_input=data.train.example(config.device.batch_size), workdir=folder,
             seed=config.search.seed, batch_size=config.data.batch_size, threads=threads,
-            report=report, structure_only=structure_only, teacher_outputs=teacher_outputs)
+            report=report, structure_only=structure_only, teacher_outputs=teacher_outputs, curve_images=curve_images)
 
     timer = _step_timer(spec, config, out_dir)
     save_and_measure = functools.partial(
@@ -252,7 +269,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={}, timer=probe_timer)
             # an untrained structure's accuracy only matters to the record of a trial stopped here
             probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module),
-                            accuracy_if=lambda metrics: structure_verdict(metrics, config) is not None, after=structural)
+                            module=module, accuracy_if=lambda metrics: structure_verdict(metrics, config) is not None, after=structural)
             probe.pop("timings")
             if probes:
                 probes.put(probe, spec.number)
@@ -260,7 +277,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             out["probe_from"] = probe.pop("trial")
         durations["structure_first"] = round(time.perf_counter() - t0, 3)
         out["probe"] = probe["metrics"]
-        rule.position = (probe["metrics"]["latency_ms"], probe["metrics"]["size_mb"], probe["metrics"].get("latency_vs_base"))
+        rule.position = rule.position_of(probe["metrics"])
         verdict = structure_verdict(probe["metrics"], config)
         if verdict:
             probe.update(out, artefact=None, stopped={"stage": "structure", "reason": verdict})
@@ -298,8 +315,9 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
             "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
             "rule": stop.rule, "reason": stop.reason, **({"after_training": True} if stop.final else {})})
         return _counted(out, teacher_outputs)
+    exported = result if isinstance(result, torch.nn.Module) else model  # the float module that was saved or quantized
     record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
-                     params=count_params(result if isinstance(result, torch.nn.Module) else model), after=steps)
+                     params=count_params(exported), module=exported, after=steps)
     record.update(out)
     durations.update(record.pop("timings"))
     record = _counted(record, teacher_outputs)
@@ -307,6 +325,8 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
         m = record["metrics"]
         artefacts.put(whole_key, sorted(f for f in out_dir.glob("model*") if f.is_file()), {
             "trial": spec.number, "main": f"model{runtime.suffix}", "precision": m["precision"], "params": m["params"],
+            "macs": m.get("macs"), "macs_int8": m.get("macs_int8"),
+            "macs_by_op": (record.get("footprint") or {}).get("macs", {}).get("by_op"),
             "accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"], "curve": list(curve),
             "seconds": round(time.perf_counter() - t_start, 3)})
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))
@@ -411,6 +431,17 @@ def structure_verdict(metrics: dict, config: RunConfig) -> str | None:
     if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
         return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
                 f"(+{config.search.latency_margin:.0%} margin) before fine-tuning")
+    # counted from the structure: exact, no margin
+    if budget.max_params is not None and metrics.get("params") is not None and metrics["params"] > budget.max_params:
+        return f"params {metrics['params']:,} > budget {budget.max_params:,}"
+    if budget.max_macs is not None and metrics.get("macs") is not None and metrics["macs"] > budget.max_macs:
+        return f"MACs {metrics['macs']:,} > budget {budget.max_macs:,.0f}"
+    # measured: the latency margin allows for their noise too
+    for field, key, unit in (("max_memory_mb", "memory_mb", "MB memory"), ("max_energy_mj", "energy_mj", "mJ")):
+        limit, value = getattr(budget, field), metrics.get(key)
+        if limit is not None and value is not None and value > limit * margin:
+            return (f"{value:.3f} {unit} > budget {limit} {unit} (+{config.search.latency_margin:.0%} margin) "
+                    "before fine-tuning")
     return None
 
 
@@ -431,6 +462,7 @@ def _base_id(run_dir: str) -> str:
 
 def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec: TrialSpec, config: RunConfig,
                       runtime, data: DataBundle, device: torch.device, keep: bool, params: int,
+                      module: torch.nn.Module | None = None,
                       accuracy_if: Callable[[dict], bool] | None = None,
                       test_if: Callable[[dict], bool] | None = None,
                       known: dict | None = None) -> dict[str, Any]:
@@ -442,6 +474,17 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         test_if: Given the metrics with validation accuracy, whether to evaluate held-out test accuracy
             (only a trial within the budget can be on the front; the others record ``None``); ``None`` = always.
         known: Accuracy figures already known for these exact bytes (a reused artefact): not evaluated again.
+        module: The float module that was saved or quantized (MACs are counted on it); ``None``
+            for a reused artefact, whose counts come from ``known``.
+
+    Besides latency, size and accuracy, the metrics get ``macs``, ``macs_int8``, ``memory_mb``,
+    ``energy_mj`` and ``energy_source`` (:mod:`autocompress.footprint`), and ``not_measured``
+    (figure -> why) for those that are ``None``; ``record["footprint"]`` says how each was measured.
+    Memory is measured (a fresh process, ~2 s) for the base, for trials within the budget and,
+    when memory is an objective or has a budget, for every artefact.
+
+    Raises:
+        RuntimeError: A figure the run's objectives or budget need could not be measured.
     """
     threads = config.device.threads
     timings = {}
@@ -480,20 +523,49 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     if spec.number >= 0 and base_path.exists():
         predictors[BASE] = _base_predictor(str(base_path), runtime.name, threads, device.type, base_path.stat().st_mtime)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    with measurement_lock():
-        lat = measure_latency(predictors, data.test.example(config.device.batch_size), warmup=config.device.warmup,
-                              repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
+    meter, no_energy = energy_meter(device.type) if not config.device.agents else (None, AGENT_NO_ENERGY)
+    tracker = EnergyTracker(meter, config.device.warmup) if meter is not None else None
+    latency_source: str | dict = "local"
+    if config.device.agents:  # timed on the target device (no node slot needed); the other figures stay local
+        lat, latency_source = _agent_latency(artefact, base_path if BASE in predictors else None, runtime=runtime,
+                                             config=config, example=data.test.example(config.device.batch_size))
+    else:
+        with measurement_lock():
+            lat = measure_latency(tracker.wrap(predictors) if tracker else predictors,
+                                  data.test.example(config.device.batch_size), warmup=config.device.warmup,
+                                  repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
+    energy = tracker.finish() if tracker else {}
     size = artefact.size_bytes()
     metrics = {"latency_ms": lat["trial"].median_ms, "size_bytes": size, "size_mb": round(size / 1e6, 6),
                "params": params, "precision": artefact.precision, "runtime": artefact.runtime}
     if BASE in lat:
         metrics["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
+    required = required_metrics(config)
+    figures = measure_footprint(
+        artefact, module=module, example=data.train.example(config.device.batch_size), known=known,
+        energy=energy.get("trial"), energy_source=meter.source if meter else None, no_energy=no_energy,
+        base_energy=energy.get(BASE), threads=threads, device=device.type)
+    metrics.update(figures.metrics)
+    if "memory_mb" in required:  # an objective or a budget: every artefact, before feasibility is judged
+        figures.memory()
+    within = False
     if known is not None or accuracy_if is None or accuracy_if(metrics):
         val = known["accuracy"] if known is not None else round(top1(predict, data.val, batch_size=config.data.batch_size), 4)
         test = known.get("test_accuracy") if known is not None else None
-        if test is None and (test_if is None or test_if({"accuracy": val, **metrics})):
+        within = test_if is None or test_if({"accuracy": val, **metrics})
+        if test is None and within:
             test = round(top1(predict, data.test, batch_size=config.data.batch_size), 4)
         metrics = {"accuracy": val, "test_accuracy": test, **metrics}
+    if spec.number == -1 or (keep and within):  # the base and trials that can be on the front
+        figures.memory()
+    elif "memory_mb" not in required:
+        figures.skip_memory("measured for the base and for trials within the budget only (memory is neither "
+                            "an objective nor budgeted in this run)")
+    metrics.update(figures.metrics)
+    missing = {k: figures.why(k) for k in sorted(required) if k in figures.metrics and metrics.get(k) is None}
+    if missing:
+        raise RuntimeError("; ".join(f"{k} could not be measured, but the run's objectives or budget need it: {why}"
+                                     for k, why in missing.items()))
     timings["measure"] = round(time.perf_counter() - t0, 3)
     record = {
         "metrics": metrics,
@@ -501,6 +573,8 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         "timings": timings,
         "artefact": str(final.relative_to(spec.run_dir)) if keep or spec.number < 0 else None,
         "device": _device_name(device),
+        "latency_source": latency_source,
+        "footprint": figures.detail,
     }
     if keep or spec.number < 0:  # checked before any later use of the files (load, export, resume)
         record["files"] = file_hashes([*artefact.files, *module_files(final.parent / MODULE_STEM)], spec.run_dir)
@@ -517,3 +591,24 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{platform.processor() or platform.machine()}"
+
+
+def _agent_latency(artefact: Artefact, base_path: Path | None, *, runtime, config: RunConfig,
+                   example: torch.Tensor) -> tuple[dict, dict]:
+    """Times the artefact (and the base's, interleaved, when given) on one of ``device.agent``.
+
+    Returns:
+        ``({"trial": Latency, "base": Latency}, {"agent": url, "machine": {...}})``.
+
+    Raises:
+        AgentError: No agent measured it.
+    """
+    from autocompress.agent_client import agent_token, measure_on_agents
+
+    models = {"trial": artefact.files}
+    if base_path is not None:
+        models[BASE] = [base_path, *([base_path.with_suffix(".bin")] if runtime.name == "openvino" else [])]
+    d = config.device
+    return measure_on_agents(d.agents, agent_token(d.agent_token_file), runtime=runtime.name, models=models,
+                             example=example.detach().cpu().numpy(), warmup=d.warmup, repeats=d.repeats,
+                             rounds=d.rounds, threads=d.threads, timeout=d.agent_timeout)

@@ -8,7 +8,7 @@ from pathlib import Path
 from autocompress import watchdog
 from autocompress.config import SearchConfig, load_config
 from autocompress.controller import Search
-from conftest import write_yaml
+from conftest import in_fresh_process, write_yaml
 
 # A plugin that takes as long as it is told, in several ways a real step can hang.
 SLEEPY_PLUGIN = '''
@@ -104,6 +104,7 @@ def test_step_timeout_parses_like_timeout():
     assert watchdog.format_duration(1200.0) == "20m" and watchdog.format_duration(1.5) == "1.5s"
 
 
+@in_fresh_process
 def test_a_step_past_its_limit_fails_its_trial_and_the_search_goes_on(tmp_path, tiny_config_dict, monkeypatch):
     monkeypatch.setattr(watchdog, "HEARTBEAT_S", 0.4)
     warm = [{"mode": "sleep", "seconds": 30}, {"mode": "broad", "seconds": 30}, {"mode": "bare", "seconds": 30},
@@ -134,6 +135,7 @@ def test_a_step_past_its_limit_fails_its_trial_and_the_search_goes_on(tmp_path, 
     assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN) and signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
+@in_fresh_process
 def test_a_budget_probe_past_its_limit_is_dropped_and_the_search_goes_on(tmp_path, tiny_config_dict):
     # the budget check probes the strongest configuration: mode 'sleep' for 60 s. Without the limit
     # it would hang the check; once it is dropped an impossible size cannot be refused either

@@ -55,7 +55,7 @@ def test_qat_accuracy_is_not_much_worse_than_ptq(tmp_path):
     ptq = load_plugin("int8_static").from_params({"calibration_batches": 2}).apply(copy.deepcopy(model), ctx)
     ptq_acc = top1(runtime.load(ptq, threads=1), ctx.data.val)
     curve = []
-    ctx.report = lambda step, acc, final=False, last=None: curve.append(acc)
+    ctx.report = lambda step, acc, final=False, last=None, whole=None: curve.append(acc)
     ctx.teacher = copy.deepcopy(model)
     qat_ctx = make_context(tmp_path / "qat", ctx.teacher)
     qat_ctx.report = ctx.report

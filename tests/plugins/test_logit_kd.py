@@ -23,7 +23,7 @@ def test_kd_moves_student_towards_teacher_and_reports_a_curve(tmp_path):
     ctx = make_context(tmp_path, None)
     ctx.teacher = fit(tiny_model("test_resnet"), ctx.data, epochs=8, lr=1e-2)
     curve = []
-    ctx.report = lambda step, acc, final=False, last=None: curve.append((step, final, last))
+    ctx.report = lambda step, acc, final=False, last=None, whole=None: curve.append((step, final, last))
     student = tiny_model("test_resnet")
     before = _kl_to_teacher(copy.deepcopy(student), ctx.teacher, ctx.data.val)
     out = load_plugin("logit_kd").from_params({"epochs": 3, "lr": 1e-2, "alpha": 1.0}).apply(student, ctx)

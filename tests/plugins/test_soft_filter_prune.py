@@ -62,7 +62,7 @@ def test_same_widths_as_channel_prune_at_the_same_ratio(tmp_path, name):
 def test_trains_with_plain_cross_entropy_without_teacher_and_reports_each_epoch(tmp_path):
     ctx = make_context(tmp_path, None)
     curve = []
-    ctx.report = lambda step, acc, final=False, last=None: curve.append((step, acc))
+    ctx.report = lambda step, acc, final=False, last=None, whole=None: curve.append((step, acc))
     model = tiny_model("test_resnet")
     n0 = sum(p.numel() for p in model.parameters())
     out = PLUGIN.from_params({"ratio": 0.3, "epochs": 2}).apply(model, ctx)

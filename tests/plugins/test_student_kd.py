@@ -16,7 +16,7 @@ def test_student_is_smaller_learns_from_the_teacher_and_reports_a_curve(tmp_path
     ctx = make_context(tmp_path, None)
     ctx.teacher = fit(tiny_model("test_resnet"), ctx.data, epochs=6, lr=1e-2)
     curve, lines = [], []
-    ctx.report = lambda step, acc, final=False, last=None: curve.append((step, acc))
+    ctx.report = lambda step, acc, final=False, last=None, whole=None: curve.append((step, acc))
     ctx.log = lines.append
     incoming = tiny_model("test_resnet")
     student = load_plugin("student_kd").from_params(
