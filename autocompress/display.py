@@ -89,3 +89,13 @@ def trial_line(record: dict) -> str:
         flag += f" [dim](reused trial {record['cache'].get('from_trial')}'s fine-tune)[/]"
     return (f"{head} {m['accuracy']:6.2f}%  {m['latency_ms']:7.3f} ms  {m['size_mb']:7.3f} MB  {flag}  "
             f"{record['duration_s']:5.1f}s  {describe_choices(record['choices'])}")
+
+
+def short_count(n: float | None) -> str:
+    """``4099008`` -> ``4.1M``; ``None`` -> ``n/a``."""
+    if n is None:
+        return "n/a"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"

@@ -31,14 +31,19 @@ def describe(threads: int) -> dict:
             info["cuda"] = torch.cuda.get_device_name(0)
     except Exception:
         pass
+    info["versions"] = _versions("torch", "timm", "optuna", "ray", "onnxruntime", "torch-pruning", "autocompress")
+    return info
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    """Installed versions of those of ``packages`` that are installed."""
     versions = {}
-    for pkg in ("torch", "timm", "optuna", "ray", "onnxruntime", "torch-pruning", "autocompress"):
+    for pkg in packages:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    info["versions"] = versions
-    return info
+    return versions
 
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
@@ -83,11 +88,5 @@ def describe_target(runtimes: list[str]) -> dict:
     info = {"hostname": platform.node(), "platform": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(), **cpu_info(), "cpu_count": os.cpu_count(), "usable_cpus": usable,
             "runtimes": list(runtimes)}
-    versions = {}
-    for pkg in ("onnxruntime", "openvino", "numpy", "autocompress"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    info["versions"] = versions
+    info["versions"] = _versions("onnxruntime", "openvino", "numpy", "autocompress")
     return info

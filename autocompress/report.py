@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autocompress.display import describe_choices
+from autocompress.display import describe_choices, short_count
 from autocompress.pareto import OBJECTIVES, directions, dominates, has_objectives, hypervolume, metric_keys
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
@@ -220,16 +220,6 @@ def pairs(objectives) -> list[tuple[str, str]]:
     return out
 
 
-def _count(n: float | None) -> str:
-    """``1234567`` -> ``1.23M``."""
-    if n is None:
-        return "n/a"
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def figures(m: dict) -> dict[str, str]:
     """Params, MACs, int8 MACs, memory and energy of a metrics dict as text; ``n/a (why)`` where missing."""
     why = m.get("not_measured") or {}
@@ -241,8 +231,8 @@ def figures(m: dict) -> dict[str, str]:
     share = f" ({100 * int8 / m['macs']:.0f} %)" if int8 and m.get("macs") else ""
     return {
         "params": f"{m['params']:,}" if m.get("params") is not None else na("params"),
-        "macs": _count(m["macs"]) if m.get("macs") is not None else na("macs"),
-        "macs_int8": _count(int8) + share if int8 is not None else na("macs_int8"),
+        "macs": short_count(m["macs"]) if m.get("macs") is not None else na("macs"),
+        "macs_int8": short_count(int8) + share if int8 is not None else na("macs_int8"),
         "memory_mb": f"{m['memory_mb']:.1f}" if m.get("memory_mb") is not None else na("memory_mb"),
         "energy_mj": (f"{m['energy_mj']:.4f} ({m.get('energy_source')})" if m.get("energy_mj") is not None
                       else na("energy_mj")),

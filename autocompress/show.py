@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from autocompress.display import describe_choices
+from autocompress.display import describe_choices, short_count
 from autocompress.errors import UserError
 
 _QTY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
@@ -41,19 +41,9 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{x:+.2f} pp"
 
 
-def _short(n: float | None) -> str:
-    """``4099008`` -> ``4.1M``; ``None`` -> ``n/a``."""
-    if n is None:
-        return "n/a"
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
 def _figures(m: dict, energy: bool) -> list[str]:
     """MACs, memory MB and (``energy``) energy mJ of a metrics dict, compactly (``n/a`` where missing)."""
-    out = [_short(m.get("macs")), f"{m['memory_mb']:.1f}" if m.get("memory_mb") is not None else "n/a"]
+    out = [short_count(m.get("macs")), f"{m['memory_mb']:.1f}" if m.get("memory_mb") is not None else "n/a"]
     if energy:
         out.append(f"{m['energy_mj']:.3f}" if m.get("energy_mj") is not None else "n/a")
     return out

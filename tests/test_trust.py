@@ -93,6 +93,20 @@ def run(tmp_path_factory) -> Path:
     return out
 
 
+def received_copy(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``run`` whose config names a plugins folder whose import creates the returned marker."""
+    copy = tmp_path / "received"
+    shutil.copytree(run, copy)
+    marker = tmp_path / "PAYLOAD-RAN"
+    theirs = tmp_path / "their-plugins"
+    theirs.mkdir()
+    (theirs / "evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["plugins_dir"] = str(theirs)
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    return copy, marker
+
+
 def _front(run: Path) -> list[dict]:
     return json.loads((run / "pareto.json").read_text())["front"]
 
@@ -130,15 +144,7 @@ def test_a_planted_run_folder_runs_no_code_through_any_entry_point(run, tmp_path
     kinds = {(r["metrics"]["runtime"], r["metrics"]["precision"]) for r in front}
     assert any((run / r["artefact"]).parent.joinpath("model.module.safetensors").is_file() for r in front), \
         "the run must keep a float module for the planted one to replace"
-    planted = tmp_path / "received"
-    shutil.copytree(run, planted)
-    marker = tmp_path / "PAYLOAD-RAN"
-    evil_plugins = tmp_path / "their-plugins"
-    evil_plugins.mkdir()
-    (evil_plugins / "evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
-    config = yaml.safe_load((planted / "config.yaml").read_text())
-    config["plugins_dir"] = str(evil_plugins)
-    (planted / "config.yaml").write_text(yaml.safe_dump(config))
+    planted, marker = received_copy(run, tmp_path)
     files = [p for p in planted.rglob("*") if p.is_file()]
     for folder in {p.parent for p in files if p.parent.name.isdigit() or p.parent.name == "base"}:
         (folder / ("weights.pt" if folder.name == "base" else "model.module.pt")).write_bytes(payload_bytes(marker))
@@ -204,15 +210,7 @@ def test_an_untampered_run_loads_its_float_module_without_pickles(run):
 
 
 def test_resume_imports_plugins_only_from_folders_named_now(run, tmp_path, monkeypatch, capsys):
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    marker = tmp_path / "IMPORTED"
-    theirs = tmp_path / "their-plugins"
-    theirs.mkdir()
-    (theirs / "evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
-    config = yaml.safe_load((copy / "config.yaml").read_text())
-    config["plugins_dir"] = str(theirs)
-    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    copy, marker = received_copy(run, tmp_path)
     ours = tmp_path / "our-plugins"
     ours.mkdir()
     for name in ("channel_prune", "int8_static"):
