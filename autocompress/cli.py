@@ -124,7 +124,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 @app.command()
 def show(
     run: Path = typer.Argument(..., help="A run folder."),
-    sort: str = typer.Option("accuracy", "--sort", help="accuracy, latency or size."),
+    sort: str = typer.Option("accuracy", "--sort", help="accuracy, latency, size, params, macs, memory or energy."),
     max_latency: Optional[str] = typer.Option(None, "--max-latency", help="Only models at most this fast, e.g. 2ms."),
     max_size: Optional[str] = typer.Option(None, "--max-size", help="Only models at most this big, e.g. 4MB."),
 ) -> None:
