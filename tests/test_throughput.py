@@ -36,3 +36,6 @@ def test_throughput_counts_decided_trials_stops_and_reuse():
     line = describe(figures)
     assert "70.0 trials/h" in line and "1 at distill, 1 at structure" in line and "1 structure probes reused" in line
     assert "20 teacher batches reused" in line
+    # the terminal line says only what the records hold: the cache hit's recorded 30 s, no estimate
+    assert figures["reused_work_s"] == 30.0
+    assert "estimate" not in line and "the cache hits reused 0.5 min of recorded work" in line
