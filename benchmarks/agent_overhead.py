@@ -14,6 +14,7 @@ Printed: the median of the repeats' ``median_ms`` each way, their range, the rat
 time of one measurement locally and through the agent (which includes the upload and the load).
 
     python benchmarks/agent_overhead.py            # ~1 min on 2 cores
+    python benchmarks/agent_overhead.py --onnx RUN/trials/0014/model.onnx --out front.json   # a front model
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "agent_overhead.json")
+    parser.add_argument("--onnx", type=Path, nargs="+", default=None,
+                        help="ONNX artefacts to time instead (e.g. a run's front: RUN/trials/NNNN/model.onnx)")
     args = parser.parse_args(argv)
     from autocompress.agent_client import measure_on_agents, wait_ready
     from autocompress.machine import describe
@@ -72,10 +75,13 @@ def main(argv=None) -> int:
         runtime = RUNTIMES["onnxruntime"]
         example = torch.randn(1, 3, 32, 32)
         timing = dict(warmup=20, repeats=50, rounds=5)
-        for name in MODELS:
-            torch.manual_seed(0)
-            model = timm.create_model(name, num_classes=10, pretrained=False).eval()
-            path = runtime.save(model, example, tmp / f"{name}.onnx").path
+        for name in (args.onnx or MODELS):
+            if args.onnx:  # a given artefact, e.g. a front model: timed as it is
+                path, name = Path(name), str(name)
+            else:
+                torch.manual_seed(0)
+                model = timm.create_model(name, num_classes=10, pretrained=False).eval()
+                path = runtime.save(model, example, tmp / f"{name}.onnx").path
             local, bare, fresh, remote, local_s, remote_s = [], [], [], [], [], []
             arms = ["local", "bare", "fresh", "agent"]
             for r in range(args.repeats):
