@@ -131,6 +131,34 @@ def _alarm_free() -> bool:
     return signal.getitimer(signal.ITIMER_REAL)[0] == 0 and handler in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
+def _on_own_stack(signum: int) -> None:
+    """Clears ``SA_ONSTACK`` from the handler Python installed for ``signum`` (Linux, 64-bit).
+
+    Python installs its handlers to run on the thread's alternate signal stack. A native library
+    that set one up for the main thread and later freed it (seen with a Ray driver, OpenVINO and
+    NNCF loaded in one process) turns the delivery of such a signal into a SIGSEGV of the whole
+    process; our handler is small and runs safely on the thread's own stack.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return
+
+    class Sigaction(ctypes.Structure):  # glibc's struct sigaction on 64-bit Linux
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]
+
+    sa_onstack = 0x08000000
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        action = Sigaction()
+        if libc.sigaction(signum, None, ctypes.byref(action)) == 0 and action.flags & sa_onstack:
+            action.flags &= ~sa_onstack
+            libc.sigaction(signum, ctypes.byref(action), None)
+    except (OSError, AttributeError):  # no libc to ask: Python's own flags stay
+        pass
+
+
 def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
 
@@ -201,6 +229,7 @@ def timed_step(label: str, step: str, *, limit: float | None, folder: Path | Non
     try:
         if use_alarm:
             previous = signal.signal(signal.SIGALRM, on_alarm)
+            _on_own_stack(signal.SIGALRM)
         threading.Thread(target=watch, name=f"step-watchdog {label}: {step}", daemon=True).start()
         yield
         if state["fired"]:  # the step swallowed the exception, or could not be interrupted: fail it all the same
