@@ -29,9 +29,10 @@ def tiny_config_dict(tmp_path):
 def in_fresh_process(test):
     """Runs a test in a new interpreter, as ``autocompress search`` runs a search in-process.
 
-    For tests that interrupt a running step with a signal: in the suite's own process, after
-    ~290 tests have loaded a Ray driver, OpenVINO, NNCF and every runtime into it, one such test
-    died of SIGSEGV (reproduced three times, never in any subset of the suite).
+    For tests that interrupt a running step with a signal, so that what earlier tests left in the
+    suite's process cannot decide them: once ~290 tests had loaded a Ray driver, OpenVINO, NNCF and
+    every runtime into it, the step's SIGALRM killed the suite with SIGSEGV (a stale alternate signal
+    stack; fixed in autocompress.watchdog, and tested on its own in test_step_timeout.py).
     """
     @functools.wraps(test)
     def wrapper(*args, **kwargs):

@@ -194,3 +194,39 @@ def test_off_the_main_thread_the_watchdog_raises_in_the_steps_thread(tmp_path):
     worker.join(timeout=20)
     assert out == {"reason": "step timeout: prune loop ran past 0.5s (search.step_timeout)"}
     assert not (tmp_path / watchdog.STEP_FILE).exists()
+
+
+STALE_ALT_STACK = '''
+import ctypes, time
+from autocompress import watchdog
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+class Stack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+size = 1 << 16
+addr = libc.mmap(None, size, 3, 0x22, -1, 0)  # PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS
+assert libc.sigaltstack(ctypes.byref(Stack(addr, 0, size)), None) == 0
+libc.munmap(addr, size)  # a native library frees the alternate stack it set up, and leaves it registered
+try:
+    with watchdog.timed_step("trial 0", "prune sleepy", limit=0.5):
+        time.sleep(5)
+except watchdog.StepTimeout as err:
+    print(err.reason)
+'''
+
+
+def test_a_stale_alternate_signal_stack_does_not_turn_the_timeout_into_a_crash():
+    # what killed the whole test suite (SIGSEGV) once a Ray driver, OpenVINO and NNCF had run in its
+    # process: Python's handlers run on the alternate signal stack, which a library had freed
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        import pytest
+
+        pytest.skip("sigaltstack through glibc")
+    done = subprocess.run([sys.executable, "-c", STALE_ALT_STACK], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "step timeout: prune sleepy ran past 0.5s (search.step_timeout)"
