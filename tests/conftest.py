@@ -64,6 +64,20 @@ class Explode(Plugin):
 '''
 
 
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Runs the real ``autocompress`` entry point (with its error handling) in-process: exit code, stdout, stderr."""
+    from autocompress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["autocompress", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def write_yaml(path: Path, data) -> Path:
     import yaml
 

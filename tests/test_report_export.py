@@ -16,11 +16,11 @@ import yaml
 from typer.testing import CliRunner
 
 import autocompress
-from autocompress.cli import app, main
+from autocompress.cli import app
 from autocompress.config import PROJECT_ROOT, RunConfig
 from autocompress.data import load_data
 from autocompress.errors import UserError
-from conftest import FAILING_PLUGIN
+from conftest import FAILING_PLUGIN, run_main
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
@@ -69,16 +69,7 @@ def _records(run: Path) -> dict[int, dict]:
     return {r["number"]: r for r in map(json.loads, (run / "trials.jsonl").read_text().splitlines())}
 
 
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Runs the real entry point (with its error handling) in-process."""
-    monkeypatch.setattr(sys, "argv", ["autocompress", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as done:
-        code = done.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_cli = run_main
 
 
 def test_the_run_has_int8_and_float_models_on_the_front_and_a_failed_and_an_infeasible_trial(run):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -22,10 +21,10 @@ import torch
 import yaml
 
 import autocompress
-from autocompress.cli import main
 from autocompress.config import PROJECT_ROOT, RunConfig
 from autocompress.errors import UserError
 from autocompress.safe_io import load_exported, sha256_file
+from conftest import run_main
 
 TEXT = {".json", ".jsonl", ".yaml", ".log", ".html", ".png", ".md", ".db", ".db-wal", ".db-shm"}
 
@@ -112,14 +111,8 @@ def _front(run: Path) -> list[dict]:
 
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["autocompress", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as done:
-        code = done.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    return code, out + err
 
 
 def _rehash(run: Path) -> None:
