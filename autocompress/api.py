@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from autocompress.errors import UserError
-from autocompress.safe_io import load_exported, load_module, module_files, verify_files
+from autocompress.safe_io import TRIAL_MODULE as MODULE_STEM, load_exported, load_module, module_files, verify_files
 
-MODULE_STEM = "model.module"
 ARTEFACT_FORMAT = {"onnxruntime": "onnx", "torch": "pt2"}
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
 

@@ -31,6 +31,8 @@ import torch
 from autocompress.errors import UserError
 
 MODULE_FORMAT = "autocompress.module/1"
+TRIAL_MODULE = "model.module"
+"""Stem of a float trial's module in its folder (``model.module.safetensors`` + ``model.module.json``)."""
 MODULE_WEIGHTS = ".safetensors"
 MODULE_STRUCTURE = ".json"
 _PLAIN = (bool, int, float, str, type(None))

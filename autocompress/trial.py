@@ -36,7 +36,7 @@ from autocompress.pareto import constraints, metric_keys, required_metrics
 from autocompress.plugin import NONE, STAGE_ORDER, Artefact, Stage, TrialContext, curve_sample_size
 from autocompress.registry import Registry, discover
 from autocompress.results import atomic_write
-from autocompress.safe_io import NotRebuildable, file_hashes, module_files, save_module
+from autocompress.safe_io import TRIAL_MODULE as MODULE_STEM, NotRebuildable, file_hashes, module_files, save_module
 from autocompress.runtimes import get_runtime
 from autocompress.watchdog import StepTimeout, timed_step
 
@@ -46,7 +46,6 @@ BASE = "base"
 # side (Ray) replaces it with a per-node lock so two measurements never overlap on one node.
 measurement_lock: Any = contextlib.nullcontext
 AGENT_NO_ENERGY = "latency is timed on an agent (device.agent), where this machine's energy counter cannot see it"
-MODULE_STEM = "model.module"  # a float trial's nn.Module: .safetensors + .json (removed with the artefact)
 MODULE_FILES = tuple(f.name for f in module_files(MODULE_STEM))
 
 
