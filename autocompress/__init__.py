@@ -1,6 +1,6 @@
 """autocompress: search pruning, distillation and quantization of timm models, measured on the device.
 
-The public names are imported on first use (PEP 562), so ``import autocompress.agent`` on a
+The public names are imported on first use (PEP 562), so ``import autocompress.device.agent`` on a
 target device needs neither torch nor Ray.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 _LAZY = {
     "Artefact": "autocompress.plugin", "Plugin": "autocompress.plugin", "PluginConfig": "autocompress.plugin",
     "Stage": "autocompress.plugin", "TrialContext": "autocompress.plugin",
-    "LoadedModel": "autocompress.api", "load": "autocompress.api",
+    "LoadedModel": "autocompress.results", "load": "autocompress.results",
 }
 
 __all__ = ["Artefact", "LoadedModel", "Plugin", "PluginConfig", "Stage", "TrialContext", "load"]

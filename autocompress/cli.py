@@ -39,8 +39,8 @@ def search(
 ) -> None:
     """Run a compression search and write results/<run>/."""
     from autocompress.config import load_config
-    from autocompress.controller import Search, default_run_dir, load_resume
-    from autocompress.display import SearchDisplay
+    from autocompress.search import Search, default_run_dir, load_resume
+    from autocompress.results import SearchDisplay
 
     overrides = {k: v for k, v in {
         "search.trials": trials, "search.timeout": timeout, "search.seed": seed, "search.sampler": sampler,
@@ -79,7 +79,7 @@ def search(
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped.[/] Resume with: autocompress search --resume {run_dir}")
         raise typer.Exit(130)
-    from autocompress.show import front_table
+    from autocompress.results import front_table
 
     console.print(front_table(Path(run_dir)))
     console.print(f"{pareto['trials_finished']} trials finished, {pareto['trials_failed']} failed, "
@@ -129,7 +129,7 @@ def show(
     max_size: Optional[str] = typer.Option(None, "--max-size", help="Only models at most this big, e.g. 4MB."),
 ) -> None:
     """Show the Pareto front of a run, with the base model and the change vs base."""
-    from autocompress.show import front_table, parse_quantity
+    from autocompress.results import front_table, parse_quantity
 
     console.print(front_table(run, sort=sort, max_latency_ms=parse_quantity(max_latency, "ms", "--max-latency"),
                               max_size_mb=parse_quantity(max_size, "mb", "--max-size")))
@@ -140,7 +140,7 @@ def plugins(
     plugins_dir: Optional[Path] = typer.Option(None, "--plugins-dir", help="Folder of plugin files."),
 ) -> None:
     """List the available plugins: name, stage, parameters and default search ranges."""
-    from autocompress.show import plugins_table
+    from autocompress.results import plugins_table
 
     console.print(plugins_table(plugins_dir))
 
@@ -148,7 +148,7 @@ def plugins(
 @app.command()
 def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
     """Write RUN/report.html (interactive front, hypervolume, importances; works offline) and RUN/front.png."""
-    from autocompress.report import write_report
+    from autocompress.results import write_report
 
     page, png = write_report(run)
     console.print(f"wrote [bold]{page}[/] and [bold]{png}[/]")
@@ -164,7 +164,7 @@ def export(
     """Write a front model as ONNX, TorchScript or a torch.export program; reload and re-measure it."""
     from rich.table import Table
 
-    from autocompress.export import FORMATS, ExportMismatch, export as export_model
+    from autocompress.results import FORMATS, ExportMismatch, export as export_model
 
     if out is not None and fmt in FORMATS:  # a folder, or a path without an extension, gets the default name inside
         if out.is_dir() or not out.suffix:
@@ -200,7 +200,7 @@ def export(
              add_help_option=False)
 def agent(ctx: typer.Context) -> None:
     """Time artefacts on this machine for a search elsewhere (--host, --port, --token-file, --max-mb; --help)."""
-    from autocompress.agent import main as agent_main
+    from autocompress.device import main as agent_main
 
     agent_main(list(ctx.args))
 

@@ -135,7 +135,7 @@ def normalisation(model, data: DataConfig) -> tuple[tuple[float, float, float] |
     else the dataset's own default (``None``).
 
     Args:
-        model: The :class:`~autocompress.config.ModelConfig`.
+        model: The :class:`~autocompress.config.schema.ModelConfig`.
         data: The data config.
 
     Returns:

@@ -8,7 +8,7 @@ measurements each of four ways, in rotating order, each with the search's defaul
 * *local numpy*: the agent's predictor (numpy in and out) in this process, which has run torch;
 * *fresh process*: the same in a new Python process that has never run torch;
 * *agent*: the file sent over HTTP on 127.0.0.1 to ``autocompress agent``, timed there with the
-  same loop (:mod:`autocompress.timing`).
+  same loop (:mod:`autocompress.device.timing`).
 
 Printed: the median of the repeats' ``median_ms`` each way, their range, the ratios, and the wall
 time of one measurement locally and through the agent (which includes the upload and the load).
@@ -39,8 +39,8 @@ MODELS = ("resnet18", "mobilenetv3_small_100")
 FRESH = """
 import sys
 import numpy as np
-from autocompress.sessions import onnx_predictor, onnx_session
-from autocompress.timing import time_interleaved
+from autocompress.device.sessions import onnx_predictor, onnx_session
+from autocompress.device.timing import time_interleaved
 predict = onnx_predictor(onnx_session(sys.argv[1], threads=int(sys.argv[2])))
 x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
 print(time_interleaved({"m": predict}, x, warmup=20, repeats=50, rounds=5)["m"].median_ms)
@@ -55,18 +55,18 @@ def main(argv=None) -> int:
     parser.add_argument("--onnx", type=Path, nargs="+", default=None,
                         help="ONNX artefacts to time instead (e.g. a run's front: RUN/trials/NNNN/model.onnx)")
     args = parser.parse_args(argv)
-    from autocompress.agent_client import measure_on_agents, wait_ready
-    from autocompress.machine import describe
-    from autocompress.measure import measure_latency
-    from autocompress.plugin import Artefact
-    from autocompress.runtimes import RUNTIMES
-    from autocompress.sessions import onnx_predictor, onnx_session
-    from autocompress.timing import time_interleaved
+    from autocompress.device.client import measure_on_agents, wait_ready
+    from autocompress.device.machine import describe
+    from autocompress.measure.accuracy import measure_latency
+    from autocompress.plugin.contract import Artefact
+    from autocompress.measure.runtimes import RUNTIMES
+    from autocompress.device.sessions import onnx_predictor, onnx_session
+    from autocompress.device.timing import time_interleaved
 
     tmp = Path(tempfile.mkdtemp(prefix="agent-overhead-"))
     token = secrets.token_urlsafe(32)
     (tmp / "token").write_text(token)
-    agent = subprocess.Popen([sys.executable, "-m", "autocompress.agent", "--port", "0", "--token-file",
+    agent = subprocess.Popen([sys.executable, "-m", "autocompress.device.agent", "--port", "0", "--token-file",
                               str(tmp / "token"), "--quiet"], stdout=subprocess.PIPE, text=True)
     rows = []
     try:

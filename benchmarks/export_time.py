@@ -29,7 +29,7 @@ MODELS = ("resnet18", "mobilenetv3_small_100", "vit_tiny_patch16_224")
 
 
 def _export(model, example, path: Path, dynamo: bool) -> float:
-    from autocompress.runtimes import quiet
+    from autocompress.measure.runtimes import quiet
 
     t0 = time.perf_counter()
     with torch.no_grad(), quiet():
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export_time")
     args = parser.parse_args(argv)
-    from autocompress.machine import describe
+    from autocompress.device.machine import describe
 
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp())

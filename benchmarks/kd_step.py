@@ -1,7 +1,7 @@
 """What the run's store of teacher outputs saves a distillation fine-tune (issue: Spend the night).
 
 Every trial of a run fine-tunes on the same batches, so the base model's outputs on them are
-computed once per run (``autocompress.distill.TeacherOutputs``). Measured here on the shared
+computed once per run (``autocompress.plugin.teacher.TeacherOutputs``). Measured here on the shared
 CIFAR-10 ResNet-18 base (or, without ``../shared``, a timm resnet18 on the embedded digits at
 32x32): for students pruned 0 %, 50 % and 75 % (torch-pruning, channels rounded to 8),
 
@@ -29,12 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proof import BASE_WEIGHTS, CIFAR, ROOT  # noqa: E402
 
-from autocompress.config import DataConfig, ModelConfig  # noqa: E402
+from autocompress.config.schema import DataConfig, ModelConfig  # noqa: E402
 from autocompress.data import load_data  # noqa: E402
-from autocompress.distill import TeacherOutputs, kd_loss  # noqa: E402
-from autocompress.machine import describe  # noqa: E402
+from autocompress.plugin.teacher import TeacherOutputs, kd_loss  # noqa: E402
+from autocompress.device.machine import describe  # noqa: E402
 from autocompress.models import create_model, fit  # noqa: E402
-from autocompress.testing import load_plugin, make_context  # noqa: E402
+from autocompress.plugin.testing import load_plugin, make_context  # noqa: E402
 
 
 def _base_and_data(samples: int):

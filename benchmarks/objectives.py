@@ -56,10 +56,10 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=2000, help="CIFAR-10 images per split cap")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "objectives")
     args = parser.parse_args(argv)
-    from autocompress.display import describe_choices
-    from autocompress.footprint import measure_memory
-    from autocompress.machine import describe
-    from autocompress.plugin import Artefact
+    from autocompress.results.display import describe_choices
+    from autocompress.measure.footprint import measure_memory
+    from autocompress.device.machine import describe
+    from autocompress.plugin.contract import Artefact
 
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.out / "run"

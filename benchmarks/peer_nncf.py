@@ -13,7 +13,7 @@ batch 1, ``--threads`` threads, it measures and writes ``benchmarks/results/peer
 
 Calibration images come from CIFAR-10 train, accuracy from the test images (all 10,000 unless
 ``--test-samples``). All latencies are measured in one interleaved run
-(:func:`autocompress.measure.measure_latency`), so they share the machine's state; on a shared
+(:func:`autocompress.measure.accuracy.measure_latency`), so they share the machine's state; on a shared
 machine they are still noisy.
 
     python benchmarks/peer_nncf.py                          # full test set
@@ -113,7 +113,7 @@ def ort_direct(float_path: Path, calib, out: Path, *, calib_batch: int = 1, extr
     sys.path.insert(0, str(ROOT / "plugins"))
     from int8_static import ALWAYS_FLOAT_OPS, COMPUTE_OPS, _first_last  # noqa: E402 (read only)
 
-    from autocompress.runtimes import quiet
+    from autocompress.measure.runtimes import quiet
 
     prepared = out.with_name(out.stem + ".prepared.onnx")
     with quiet():
@@ -177,11 +177,11 @@ def main(argv=None) -> int:
     import torch
 
     from autocompress.data import DataBundle
-    from autocompress.measure import measure_latency, module_predictor, top1
+    from autocompress.measure.accuracy import measure_latency, module_predictor, top1
     from autocompress.models import load_checkpoint
-    from autocompress.plugin import Artefact, TrialContext
-    from autocompress.registry import discover
-    from autocompress.runtimes import export_onnx, get_runtime
+    from autocompress.plugin.contract import Artefact, TrialContext
+    from autocompress.plugin.registry import discover
+    from autocompress.measure.runtimes import export_onnx, get_runtime
 
     sys.path.insert(0, str(ROOT / "plugins"))
     from int8_static import _first_last, quantize_onnx_static  # noqa: E402 (read only: not edited here)

@@ -5,7 +5,7 @@ quantize) to a copy of the shared fp32 base, exactly as a trial would. For each 
 
 * top-1 on the CIFAR-10 test images (through the saved artefact, as deployed),
 * batch-1 latency on ONNX Runtime and in torch eager, each timed in interleaved rounds with
-  the fp32 base in the same window (``autocompress.measure.measure_latency``), and the ratio,
+  the fp32 base in the same window (``autocompress.measure.accuracy.measure_latency``), and the ratio,
 * size on disk of the ONNX Runtime artefact (the ``.pt2`` size for torch too),
 * parameters, and non-zero parameters (unstructured pruning keeps shapes, zeroes values).
 
@@ -41,13 +41,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from autocompress.config import DataConfig, ModelConfig  # noqa: E402
+from autocompress.config.schema import DataConfig, ModelConfig  # noqa: E402
 from autocompress.data import DataBundle, load_data  # noqa: E402
-from autocompress.measure import count_params, measure_latency, module_predictor, top1  # noqa: E402
+from autocompress.measure.accuracy import count_params, measure_latency, module_predictor, top1  # noqa: E402
 from autocompress.models import create_model, load_checkpoint  # noqa: E402
-from autocompress.plugin import Artefact, TrialContext  # noqa: E402
-from autocompress.registry import discover  # noqa: E402
-from autocompress.runtimes import get_runtime  # noqa: E402
+from autocompress.plugin.contract import Artefact, TrialContext  # noqa: E402
+from autocompress.plugin.registry import discover  # noqa: E402
+from autocompress.measure.runtimes import get_runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

@@ -98,8 +98,8 @@ def run_search(run_dir: Path, config: dict, space: dict, prepare_only: bool = Fa
     """Runs (or reuses, when ``done`` exists) one search; returns its wall seconds."""
     import yaml
 
-    from autocompress.config import load_config
-    from autocompress.controller import Search
+    from autocompress.config.schema import load_config
+    from autocompress.search.controller import Search
 
     if (run_dir / "done").exists():
         print(f"{run_dir.name}: cached")
@@ -144,8 +144,8 @@ class Reference:
 
 
 def summarise(run_dir: Path, ref: Reference, wall: float) -> dict:
-    from autocompress.pareto import hypervolume
-    from autocompress.results import RunFolder
+    from autocompress.objectives.front import hypervolume
+    from autocompress.store.run_folder import RunFolder
 
     pareto = json.loads((run_dir / "pareto.json").read_text())
     base_accuracy = pareto["base"]["accuracy"]  # this run's validation split
@@ -174,11 +174,11 @@ def summarise(run_dir: Path, ref: Reference, wall: float) -> dict:
 
 def latency_repeatability(run_dir: Path, artefact: str, runtime: str, threads: int, times: int = 10) -> dict:
     """CV of ``times`` measurements (each: 5 rounds x 50 calls, median) of one artefact."""
-    from autocompress.config import load_config
+    from autocompress.config.schema import load_config
     from autocompress.data import load_data
-    from autocompress.measure import measure_latency
-    from autocompress.plugin import Artefact
-    from autocompress.runtimes import get_runtime
+    from autocompress.measure.accuracy import measure_latency
+    from autocompress.plugin.contract import Artefact
+    from autocompress.measure.runtimes import get_runtime
 
     config = load_config(run_dir / "config.yaml")
     data = load_data(config.data, config.model.img_size)
@@ -194,12 +194,12 @@ def latency_repeatability(run_dir: Path, artefact: str, runtime: str, threads: i
 def remeasure_front(run_dir: Path, threads: int = 2) -> list[dict]:
     """Each front artefact loaded in a fresh session and timed with the base artefact interleaved:
     its latency ratio to the base now vs the ratio recorded during the search."""
-    from autocompress.config import load_config
+    from autocompress.config.schema import load_config
     from autocompress.data import load_data
-    from autocompress.measure import measure_latency
-    from autocompress.plugin import Artefact
-    from autocompress.results import RunFolder
-    from autocompress.runtimes import get_runtime
+    from autocompress.measure.accuracy import measure_latency
+    from autocompress.plugin.contract import Artefact
+    from autocompress.store.run_folder import RunFolder
+    from autocompress.measure.runtimes import get_runtime
 
     config = load_config(run_dir / "config.yaml")
     data = load_data(config.data, config.model.img_size)
@@ -234,8 +234,8 @@ def main(argv=None) -> int:
     if not BASE_WEIGHTS.is_file() or not (CIFAR / "train").is_dir():
         print(f"skipped: needs {BASE_WEIGHTS} and {CIFAR} (the shared base and CIFAR-10)")
         return 0
-    from autocompress.machine import describe
-    from autocompress.registry import discover
+    from autocompress.device.machine import describe
+    from autocompress.plugin.registry import discover
 
     registry = discover(ROOT / "plugins")
     names = set(registry.names())

@@ -57,7 +57,7 @@ ARMS = {
 
 def run_figures(run_dir: Path) -> dict:
     """Counts from a run's records that ``pareto.json`` does not hold."""
-    from autocompress.results import RunFolder
+    from autocompress.store.run_folder import RunFolder
 
     records = [r for r in RunFolder(run_dir).trials() if not r.get("interrupted")]
     decided = [r for r in records if r["state"] in ("complete", "pruned")]
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     if not BASE_WEIGHTS.is_file() or not (CIFAR / "train").is_dir():
         print(f"skipped: needs {BASE_WEIGHTS} and {CIFAR} (the shared base and CIFAR-10)")
         return 0
-    from autocompress.machine import describe
+    from autocompress.device.machine import describe
 
     args.out.mkdir(parents=True, exist_ok=True)
     args.trials = 1

@@ -78,9 +78,9 @@ class Timed:
 def run_mode(mode: str, trials: int, work: Path) -> dict:
     import yaml
 
-    from autocompress.config import load_config
-    from autocompress.controller import Search
-    from autocompress.executors import InProcessExecutor
+    from autocompress.config.schema import load_config
+    from autocompress.search.controller import Search
+    from autocompress.execution.executors import InProcessExecutor
 
     (work / mode).mkdir(parents=True)
     space = work / mode / "space.yaml"
@@ -93,7 +93,7 @@ def run_mode(mode: str, trials: int, work: Path) -> dict:
     if mode == "inprocess":
         inner = InProcessExecutor()
     else:
-        from autocompress.ray_executor import RayExecutor
+        from autocompress.execution.ray import RayExecutor
 
         workers = int(mode.split("-")[1])
         inner = RayExecutor(workers=workers, cpus_per_trial=1, run_dir=work / mode / "run", num_cpus=os.cpu_count())
@@ -144,7 +144,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from autocompress.machine import describe
+    from autocompress.device.machine import describe
 
     machine = describe(1)
     lines = [

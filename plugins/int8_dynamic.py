@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.runtimes import export_onnx, quiet
+from autocompress.measure.runtimes import export_onnx, quiet
 
 
 class Int8Dynamic(Plugin):

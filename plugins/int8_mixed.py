@@ -10,8 +10,8 @@ import torch
 from pydantic import Field
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.registry import plugin_module
-from autocompress.runtimes import export_onnx
+from autocompress.plugin.registry import plugin_module
+from autocompress.measure.runtimes import export_onnx
 
 STAGES = 5
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"

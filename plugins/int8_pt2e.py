@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.runtimes import quiet
+from autocompress.measure.runtimes import quiet
 
 
 class Int8PT2E(Plugin):

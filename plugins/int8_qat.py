@@ -10,10 +10,10 @@ from pydantic import Field
 from torch.nn.utils import parametrize
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.distill import kd_loss
+from autocompress.plugin.teacher import kd_loss
 from autocompress.models import fit
-from autocompress.registry import plugin_module
-from autocompress.runtimes import export_onnx
+from autocompress.plugin.registry import plugin_module
+from autocompress.measure.runtimes import export_onnx
 
 QUANTIZED_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 

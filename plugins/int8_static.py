@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.runtimes import export_onnx, quiet
+from autocompress.measure.runtimes import export_onnx, quiet
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 # ORT has no integer kernel for these; quantizing around them only adds rounding error.
@@ -96,7 +96,7 @@ def quantize_onnx_static(
     """Calibrates and quantizes a float ONNX file into a QDQ int8 ONNX file.
 
     Args:
-        float_path: The float model (as written by :func:`autocompress.runtimes.export_onnx`).
+        float_path: The float model (as written by :func:`autocompress.measure.runtimes.export_onnx`).
         ctx: Its training split gives the calibration batches.
         out: Where to write the quantized model.
         exclude: ``exclude(prepared_graph) -> node names`` to keep float, or ``None``.

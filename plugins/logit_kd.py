@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.distill import kd_loss
+from autocompress.plugin.teacher import kd_loss
 from autocompress.models import fit
 
 ADAPTER = "_kd_feature_adapter"

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 
 from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.runtimes import export_onnx, quiet, save_openvino_ir
+from autocompress.measure.runtimes import export_onnx, quiet, save_openvino_ir
 
 COMPUTE_TYPES = ("Convolution", "GroupConvolution", "MatMul")
 

@@ -13,7 +13,7 @@ import torch_pruning as tp
 from pydantic import Field
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.distill import kd_loss
+from autocompress.plugin.teacher import kd_loss
 from autocompress.models import fit
 
 _OUT_FNS = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_depthwise_conv_out_channels,

@@ -7,9 +7,9 @@ import torch
 from pydantic import Field, field_validator
 
 from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.config import ModelConfig
-from autocompress.distill import kd_loss
-from autocompress.measure import count_params
+from autocompress.config.schema import ModelConfig
+from autocompress.plugin.teacher import kd_loss
+from autocompress.measure.accuracy import count_params
 from autocompress.models import create_model, fit
 
 # Smallest first: the search treats the first choice as the most compressing.

@@ -6,7 +6,7 @@ What it does and does not buy:
   kernels, which multiply the zeros like any other value.
 * **Size: only through a compact file.** The ``onnxruntime`` runtime saves float initializers
   that are mostly zero as ONNX ``sparse_initializer`` entries (non-zero values plus int64
-  positions, see :func:`autocompress.runtimes.store_sparse_initializers`); ONNX Runtime densifies
+  positions, see :func:`autocompress.measure.runtimes.store_sparse_initializers`); ONNX Runtime densifies
   them at load, so outputs are unchanged. With int64 positions a tensor only gets smaller above
   about 67% zeros (at 80% the file is about 40% smaller, at 90% about 70%). ``torch`` ``.pt2``
   artefacts and int8 artefacts stay dense: there this plugin changes nothing but accuracy.

@@ -32,7 +32,7 @@ def in_fresh_process(test):
     For tests that interrupt a running step with a signal, so that what earlier tests left in the
     suite's process cannot decide them: once ~290 tests had loaded a Ray driver, OpenVINO, NNCF and
     every runtime into it, the step's SIGALRM killed the suite with SIGSEGV (a stale alternate signal
-    stack; fixed in autocompress.watchdog, and tested on its own in test_step_timeout.py).
+    stack; fixed in autocompress.trial.watchdog, and tested on its own in test_step_timeout.py).
     """
     @functools.wraps(test)
     def wrapper(*args, **kwargs):
@@ -96,7 +96,7 @@ def ray_cluster():
 
     import ray
 
-    from autocompress.ray_executor import _loopback_node
+    from autocompress.execution.ray import _loopback_node
 
     tmp = tempfile.mkdtemp(prefix="acrt-", dir="/tmp")
     with _loopback_node():  # like the product's local Ray: nothing listens beyond this machine

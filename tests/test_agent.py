@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from autocompress.agent_client import AgentError, agent_info, measure_on_agents, wait_ready
-from autocompress.agent_protocol import CONTENT_TYPE, encode_header
-from autocompress.config import load_config
-from autocompress.controller import Search
+from autocompress.device.client import AgentError, agent_info, measure_on_agents, wait_ready
+from autocompress.device.protocol import CONTENT_TYPE, encode_header
+from autocompress.config.schema import load_config
+from autocompress.search.controller import Search
 from autocompress.errors import UserError
-from autocompress.runtimes import RUNTIMES
+from autocompress.measure.runtimes import RUNTIMES
 from conftest import write_yaml
 
 TOKEN = "test-token-" + "x" * 24
@@ -44,7 +44,7 @@ class NotOnTheTarget:
 
 
 sys.meta_path.insert(0, NotOnTheTarget())
-from autocompress.agent import main
+from autocompress.device.agent import main
 
 main(sys.argv[1:])
 """
@@ -118,16 +118,16 @@ def _records(run: Path) -> list[dict]:
 
 
 def test_the_agent_imports_neither_torch_nor_ray():
-    code = "import autocompress.agent, sys; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
+    code = "import autocompress.device.agent, sys; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     code = "import autocompress.cli, sys; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # `autocompress agent` goes through it
 
 
 def test_the_agent_command_line():
-    from autocompress.agent import exposure_warning
+    from autocompress.device.agent import exposure_warning
 
-    for command in (["-m", "autocompress.cli", "agent"], ["-m", "autocompress.agent"]):
+    for command in (["-m", "autocompress.cli", "agent"], ["-m", "autocompress.device.agent"]):
         done = subprocess.run([sys.executable, *command, "--max-mb", "0"], capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.strip() == "error: --max-mb: 0.0 must be above 0 (MB)"
     done = subprocess.run([sys.executable, "-m", "autocompress.cli", "agent", "--help"], capture_output=True, text=True)
@@ -294,7 +294,7 @@ def test_a_killed_agent_fails_the_trial_and_a_restarted_one_is_used_again(tmp_pa
 LONG_CLIENT = """
 import sys
 import numpy as np
-from autocompress.agent_client import AgentError, measure_on_agents
+from autocompress.device.client import AgentError, measure_on_agents
 try:
     measure_on_agents([sys.argv[1]], sys.argv[2], runtime="onnxruntime", models={"trial": [sys.argv[3]]},
                       example=np.zeros((1, 3, 32, 32), np.float32), warmup=0, repeats=100_000, rounds=100, threads=1,

@@ -1,6 +1,6 @@
 import torch
 
-from autocompress.cache import ModelCache, content_key
+from autocompress.trial.memo import ModelCache, content_key
 
 
 def _tiny():
@@ -56,7 +56,7 @@ def test_eviction_keeps_the_cache_under_its_cap_oldest_first(tmp_path):
 
 
 def test_an_artefact_entry_is_whole_verified_and_removed_when_a_file_is_missing_or_changed(tmp_path):
-    from autocompress.cache import ArtefactCache
+    from autocompress.trial.memo import ArtefactCache
 
     trial = tmp_path / "trial"
     trial.mkdir()
@@ -82,7 +82,7 @@ def test_an_artefact_entry_is_whole_verified_and_removed_when_a_file_is_missing_
 def test_artefact_eviction_keeps_the_cache_under_its_cap_oldest_first(tmp_path):
     import os
 
-    from autocompress.cache import ArtefactCache
+    from autocompress.trial.memo import ArtefactCache
 
     blob = tmp_path / "model.onnx"
     blob.write_bytes(b"\x00" * 20_000)

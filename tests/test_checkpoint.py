@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from autocompress.config import ModelConfig
+from autocompress.config.schema import ModelConfig
 from autocompress.errors import UserError
 from autocompress.models import create_model
 

@@ -1,6 +1,6 @@
 import pytest
 
-from autocompress.config import RunConfig, load_config, parse_duration
+from autocompress.config.schema import RunConfig, load_config, parse_duration
 from autocompress.errors import UserError
 from conftest import write_yaml
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autocompress.config import DataConfig
+from autocompress.config.schema import DataConfig
 from autocompress.data import load_data
 from autocompress.errors import UserError
 

@@ -1,7 +1,7 @@
 import pytest
 
-from autocompress.early_stop import StopRule as _StopRule
-from autocompress.early_stop import StopTrial
+from autocompress.trial.early_stop import StopRule as _StopRule
+from autocompress.trial.early_stop import StopTrial
 
 EXACT = 10**9   # a slice this large has no sampling noise: the arithmetic below is exact
 

@@ -15,15 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.config import BudgetConfig, load_config
-from autocompress.controller import Search
+from autocompress.config.schema import BudgetConfig, load_config
+from autocompress.search.controller import Search
 from autocompress.errors import UserError
-from autocompress.footprint import (EnergyMeter, EnergyTracker, count_int8_macs, count_macs, energy_meter,
+from autocompress.measure.footprint import (EnergyMeter, EnergyTracker, count_int8_macs, count_macs, energy_meter,
                                     measure_memory, rapl_meter)
-from autocompress.measure import measure_latency
-from autocompress.pareto import constraints, dominates, front, hypervolume
-from autocompress.runtimes import get_runtime
-from autocompress.testing import load_plugin, make_context, tiny_model
+from autocompress.measure.accuracy import measure_latency
+from autocompress.objectives.front import constraints, dominates, front, hypervolume
+from autocompress.measure.runtimes import get_runtime
+from autocompress.plugin.testing import load_plugin, make_context, tiny_model
 from conftest import write_yaml
 
 
@@ -205,7 +205,7 @@ def test_front_and_hypervolume_follow_the_objectives():
 
 
 def test_early_stop_front_rule_compares_the_chosen_objectives():
-    from autocompress.early_stop import StopRule, StopTrial
+    from autocompress.trial.early_stop import StopRule, StopTrial
 
     history = [[[1, 70], [2, 70]]] * 3
     rule = StopRule(mode="front", objectives=("accuracy", "macs"), history=history, front=[[90.0, 1e6, 0.9]])
@@ -307,8 +307,8 @@ def test_every_trial_records_macs_int8_macs_memory_and_energy_or_why_not(macs_ru
 def test_show_and_report_follow_the_objectives(macs_run, tmp_path):
     from rich.console import Console
 
-    from autocompress.report import write_report
-    from autocompress.show import front_table
+    from autocompress.results.report import write_report
+    from autocompress.results.show import front_table
 
     run, _, _ = macs_run
     console = Console(width=250, record=True)

@@ -8,13 +8,13 @@ import textwrap
 import pytest
 import torch
 
-from autocompress.measure import measure_latency, module_predictor, top1
-from autocompress.plugin import Artefact
-from autocompress.testing import make_context, tiny_model
+from autocompress.measure.accuracy import measure_latency, module_predictor, top1
+from autocompress.plugin.contract import Artefact
+from autocompress.plugin.testing import make_context, tiny_model
 
 pytest.importorskip("openvino")
 
-from autocompress.runtimes import RUNTIMES, get_runtime  # noqa: E402
+from autocompress.measure.runtimes import RUNTIMES, get_runtime  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
@@ -45,7 +45,7 @@ def test_ir_saved_reloaded_and_measured(tmp_path, name):
 
 
 def test_config_accepts_openvino():
-    from autocompress.config import RunConfig
+    from autocompress.config.schema import RunConfig
 
     assert RunConfig.model_validate({"device": {"runtime": "openvino"}}).device.runtime == "openvino"
     assert "openvino" in RUNTIMES
@@ -55,8 +55,8 @@ _BLOCKED = textwrap.dedent("""
     import sys
     sys.modules["openvino"] = None          # the package is absent: `import openvino` fails
     from autocompress.errors import UserError
-    from autocompress.runtimes import get_runtime
-    from autocompress.config import load_config
+    from autocompress.measure.runtimes import get_runtime
+    from autocompress.config.schema import load_config
     for check in (lambda: get_runtime("openvino"), lambda: load_config(overrides={"device.runtime": "openvino"})):
         try:
             check()

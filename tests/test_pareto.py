@@ -1,6 +1,6 @@
 import pytest
 
-from autocompress.pareto import dominates, front, hypervolume
+from autocompress.objectives.front import dominates, front, hypervolume
 
 
 def rec(n, acc, lat, size):
@@ -28,7 +28,7 @@ def test_hypervolume_of_boxes():
 
 
 def test_an_append_after_a_torn_line_starts_a_new_line(tmp_path):
-    from autocompress.results import RunFolder
+    from autocompress.store.run_folder import RunFolder
 
     run = RunFolder(tmp_path)
     run.append_trial({"number": 0})
@@ -40,8 +40,8 @@ def test_an_append_after_a_torn_line_starts_a_new_line(tmp_path):
 
 
 def test_the_latency_ratio_budget_judges_the_ratio_timed_beside_the_base_not_milliseconds():
-    from autocompress.config import BudgetConfig
-    from autocompress.pareto import constraints
+    from autocompress.config.schema import BudgetConfig
+    from autocompress.objectives.front import constraints
 
     budget = BudgetConfig(max_latency_ms=None, max_size_mb=None, max_accuracy_drop=None, max_latency_vs_base=0.75)
     slow_machine = {"metrics": {"accuracy": 80.0, "latency_ms": 9.0, "size_mb": 1.0, "latency_vs_base": 0.6}}

@@ -11,8 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocompress.config import load_config
-from autocompress.controller import Search
+from autocompress.config.schema import load_config
+from autocompress.search.controller import Search
 from conftest import write_yaml
 
 # A plugin that misbehaves on request. It blocks (sleeps, writing its PID first so a test can

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autocompress.ray_executor import PLUGIN_DIR, _materialise, _sha256
+from autocompress.execution.ray import PLUGIN_DIR, _materialise, _sha256
 from conftest import write_yaml
 
 # Blocks a trial until the test says so (a file appears), writing where it was imported from first.

@@ -11,8 +11,8 @@ import timm
 import torch
 from PIL import Image
 
-from autocompress.config import RunConfig
-from autocompress.controller import Search
+from autocompress.config.schema import RunConfig
+from autocompress.search.controller import Search
 from autocompress.data import _crop_flip, load_data, normalisation
 from autocompress.errors import UserError
 
@@ -99,7 +99,7 @@ def test_the_curve_sample_holds_every_class_in_proportion_of_a_class_ordered_spl
 
 
 def test_the_curve_sample_size_follows_the_accuracy_budget():
-    from autocompress.plugin import VAL_SLICE, curve_sample_size
+    from autocompress.plugin.contract import VAL_SLICE, curve_sample_size
 
     assert curve_sample_size(1.0, 5000) == 5000           # 1 pp cannot be judged on fewer: the whole split
     assert curve_sample_size(5.0, 5000) == 1600           # 2 sd at 50 % within 2.5 pp
@@ -109,8 +109,8 @@ def test_the_curve_sample_size_follows_the_accuracy_budget():
 
 
 def test_a_finished_fine_tune_is_judged_on_the_whole_split_not_the_sample(tmp_path):
-    from autocompress.early_stop import StopRule, StopTrial
-    from autocompress.testing import make_context, tiny_model
+    from autocompress.trial.early_stop import StopRule, StopTrial
+    from autocompress.plugin.testing import make_context, tiny_model
 
     # on a 100-image sample 70 % is at best ~78 %: under the 80 % floor, so the sample alone would stop it
     rule = StopRule(mode="budget", floor=80.0, history=[], slice_size=100)

@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.registry import discover
+from autocompress.plugin.registry import discover
 
 GOOD = '''
 from pydantic import Field

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import autocompress
 from autocompress.cli import app
-from autocompress.config import PROJECT_ROOT, RunConfig
+from autocompress.config.schema import PROJECT_ROOT, RunConfig
 from autocompress.data import load_data
 from autocompress.errors import UserError
 from conftest import FAILING_PLUGIN, run_main
@@ -53,7 +53,7 @@ def run(tmp_path_factory) -> Path:
         "search": {"sampler": "random", "trials": 4, "timeout": None, "seed": 0},
         "search_space": str(root / "space.yaml"), "plugins_dir": str(plugins),
     }
-    from autocompress.controller import Search
+    from autocompress.search.controller import Search
 
     out = root / "run"
     Search(config=RunConfig.model_validate(config), run_dir=out).search()
@@ -132,7 +132,7 @@ def test_report_writes_offline_html_and_png(run):
 def test_hypervolume_is_exact_and_never_falls(run):
     from optuna._hypervolume import compute_hypervolume
 
-    from autocompress.report import hypervolume, hypervolume_history, read
+    from autocompress.results.report import hypervolume, hypervolume_history, read
 
     rng = np.random.default_rng(0)
     points = rng.uniform(0, 1, size=(12, 3))
@@ -146,7 +146,7 @@ def test_hypervolume_is_exact_and_never_falls(run):
 @pytest.mark.parametrize("precision,fmt", [("int8", "onnx"), ("fp32", "onnx"), ("fp32", "torchscript"),
                                            ("fp32", "pt2")])
 def test_export_reproduces_the_recorded_accuracy(run, tmp_path, precision, fmt):
-    from autocompress.export import export
+    from autocompress.results.export import export
 
     trial = _front(run)[precision]
     result = export(run, trial, fmt, tmp_path)

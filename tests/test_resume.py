@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocompress.config import load_config
-from autocompress.controller import Search
+from autocompress.config.schema import load_config
+from autocompress.search.controller import Search
 from conftest import write_yaml
 
 SPACE = {  # continuous ratio: two trials with equal choices would be a re-run

@@ -6,11 +6,11 @@ import json
 import optuna
 import pytest
 
-from autocompress.config import load_config
-from autocompress.controller import Search
+from autocompress.config.schema import load_config
+from autocompress.search.controller import Search
 from autocompress.errors import UserError
-from autocompress.registry import discover
-from autocompress.search_space import parse_search_space
+from autocompress.plugin.registry import discover
+from autocompress.search.space import parse_search_space
 from conftest import write_yaml
 
 pytest.importorskip("openvino")

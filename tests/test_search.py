@@ -6,13 +6,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocompress.config import load_config
-from autocompress.controller import Search
+from autocompress.config.schema import load_config
+from autocompress.search.controller import Search
 from autocompress.errors import UserError
-from autocompress.plugin import Artefact
-from autocompress.runtimes import get_runtime
+from autocompress.plugin.contract import Artefact
+from autocompress.measure.runtimes import get_runtime
 from autocompress.data import load_data
-from autocompress.measure import top1
+from autocompress.measure.accuracy import top1
 from conftest import FAILING_PLUGIN, write_yaml
 
 SPACE = {

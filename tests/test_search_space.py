@@ -2,8 +2,8 @@ import optuna
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.registry import discover
-from autocompress.search_space import load_search_space, parse_search_space
+from autocompress.plugin.registry import discover
+from autocompress.search.space import load_search_space, parse_search_space
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +12,7 @@ def registry():
 
 
 def test_default_space_loads_and_merges_plugin_defaults(registry):
-    from autocompress.config import load_config
+    from autocompress.config.schema import load_config
 
     space = load_search_space(load_config(None).search_space, registry, "onnxruntime")
     assert set(space.stages["prune"]) == {"none", "channel_prune"}
@@ -119,8 +119,8 @@ def test_warm_start_values_inside_the_space_are_kept(registry):
 
 @pytest.mark.parametrize("runtime", ["openvino", "torch", ["torch", "openvino"]])
 def test_default_space_leaves_out_quantizers_for_another_runtime(registry, runtime):
-    from autocompress.config import PROJECT_ROOT
-    from autocompress.plugin import Stage
+    from autocompress.config.schema import PROJECT_ROOT
+    from autocompress.plugin.contract import Stage
 
     space = load_search_space(PROJECT_ROOT / "search_spaces" / "default.yaml", registry, runtime)
     names = runtime if isinstance(runtime, list) else [runtime]
@@ -144,8 +144,8 @@ def test_a_space_the_user_wrote_is_still_refused_for_a_foreign_quantizer(registr
 
 def test_openvino_run_with_the_default_space_validates_and_logs_what_was_left_out(tmp_path):
     pytest.importorskip("openvino")
-    from autocompress.config import load_config
-    from autocompress.controller import Search
+    from autocompress.config.schema import load_config
+    from autocompress.search.controller import Search
 
     config = load_config(overrides={
         "device.runtime": "openvino", "device.threads": 1, "device.warmup": 1, "device.repeats": 2, "device.rounds": 1,

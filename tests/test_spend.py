@@ -7,14 +7,14 @@ import json
 import optuna
 import pytest
 
-from autocompress.config import BudgetConfig, RunConfig
-from autocompress.controller import Search
+from autocompress.config.schema import BudgetConfig, RunConfig
+from autocompress.search.controller import Search
 from autocompress.data import load_data
-from autocompress.measure import top1
-from autocompress.pareto import constraints
-from autocompress.plugin import Artefact
-from autocompress.runtimes import get_runtime
-from autocompress.trial import run_trial
+from autocompress.measure.accuracy import top1
+from autocompress.objectives.front import constraints
+from autocompress.plugin.contract import Artefact
+from autocompress.measure.runtimes import get_runtime
+from autocompress.trial.pipeline import run_trial
 from conftest import write_yaml
 
 PRUNE_KD = {"prune": ["channel_prune", {"ratio": 0.6}], "distill": ["logit_kd", {"epochs": 3, "lr": 0.003}],
@@ -323,7 +323,7 @@ def test_the_front_handed_to_trials_holds_feasible_finished_trials_only(prepared
 def test_the_teacher_runs_once_per_batch_per_run_and_fine_tunes_train_exactly_as_without(prepared):
     import shutil
 
-    from autocompress.distill import TeacherOutputs
+    from autocompress.plugin.teacher import TeacherOutputs
 
     shutil.rmtree(prepared.run.path / "cache" / "teacher", ignore_errors=True)
     TeacherOutputs.forget()

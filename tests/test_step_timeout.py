@@ -5,9 +5,9 @@ import json
 import time
 from pathlib import Path
 
-from autocompress import watchdog
-from autocompress.config import SearchConfig, load_config
-from autocompress.controller import Search
+from autocompress.trial import watchdog
+from autocompress.config.schema import SearchConfig, load_config
+from autocompress.search.controller import Search
 from conftest import in_fresh_process, write_yaml
 
 # A plugin that takes as long as it is told, in several ways a real step can hang.
@@ -156,7 +156,7 @@ def test_a_budget_probe_past_its_limit_is_dropped_and_the_search_goes_on(tmp_pat
 
 
 def test_on_ray_a_timed_out_step_fails_and_a_hung_one_is_force_cancelled(ray_cluster, tmp_path, tiny_config_dict):
-    from autocompress.ray_executor import RayExecutor
+    from autocompress.execution.ray import RayExecutor
 
     warm = [{"mode": "sleep", "seconds": 60}, {"mode": "blocked", "seconds": 60}, {"mode": "ok", "seconds": 0}]
     config = make_config(tmp_path, tiny_config_dict, warm, executor="ray", workers=2, cpus_per_trial=1)
@@ -198,7 +198,7 @@ def test_off_the_main_thread_the_watchdog_raises_in_the_steps_thread(tmp_path):
 
 STALE_ALT_STACK = '''
 import ctypes, time
-from autocompress import watchdog
+from autocompress.trial import watchdog
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]

@@ -2,7 +2,7 @@
 
 import torch
 
-from autocompress.distill import TeacherOutputs
+from autocompress.plugin.teacher import TeacherOutputs
 
 
 class Counting(torch.nn.Module):

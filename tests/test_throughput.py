@@ -2,7 +2,7 @@
 
 import pytest
 
-from autocompress.throughput import describe, throughput
+from autocompress.search.throughput import describe, throughput
 
 
 def _rec(number, state="complete", duration=10.0, started=100.0, **extra):

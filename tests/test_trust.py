@@ -21,9 +21,9 @@ import torch
 import yaml
 
 import autocompress
-from autocompress.config import PROJECT_ROOT, RunConfig
+from autocompress.config.schema import PROJECT_ROOT, RunConfig
 from autocompress.errors import UserError
-from autocompress.safe_io import load_exported, sha256_file
+from autocompress.store.safe_io import load_exported, sha256_file
 from conftest import run_main
 
 TEXT = {".json", ".jsonl", ".yaml", ".log", ".html", ".png", ".md", ".db", ".db-wal", ".db-shm"}
@@ -85,7 +85,7 @@ def run(tmp_path_factory) -> Path:
         "search": {"sampler": "random", "trials": 4, "timeout": None, "seed": 0, "structure_first": False},
         "search_space": str(root / "space.yaml"),
     }
-    from autocompress.controller import Search
+    from autocompress.search.controller import Search
 
     out = root / "run"
     Search(config=RunConfig.model_validate(config), run_dir=out).search()
@@ -217,7 +217,7 @@ def test_resume_imports_plugins_only_from_folders_named_now(run, tmp_path, monke
 def test_load_exported_refuses_pickles_inside_a_pt2(tmp_path):
     import timm
 
-    from autocompress.runtimes import get_runtime
+    from autocompress.measure.runtimes import get_runtime
 
     marker = tmp_path / "PAYLOAD-RAN"
     model = timm.create_model("test_resnet", num_classes=4).eval()

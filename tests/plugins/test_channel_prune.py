@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from autocompress.runtimes import get_runtime
-from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
+from autocompress.measure.runtimes import get_runtime
+from autocompress.plugin.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
 FAMILIES = FIVE_FAMILIES
 

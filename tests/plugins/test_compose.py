@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from autocompress.plugin import Artefact
-from autocompress.runtimes import get_runtime
-from autocompress.testing import FIVE_FAMILIES, load_plugin, make_context, tiny_model
+from autocompress.plugin.contract import Artefact
+from autocompress.measure.runtimes import get_runtime
+from autocompress.plugin.testing import FIVE_FAMILIES, load_plugin, make_context, tiny_model
 
 FAMILIES = FIVE_FAMILIES
 

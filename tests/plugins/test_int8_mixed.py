@@ -1,8 +1,8 @@
 import onnx
 import torch
 
-from autocompress.runtimes import export_onnx
-from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
+from autocompress.measure.runtimes import export_onnx
+from autocompress.plugin.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
 FAMILIES = FIVE_FAMILIES
 ALL = {f"stage{i}": "int8" for i in range(5)}

@@ -3,8 +3,8 @@ import torch
 
 pytest.importorskip("torchao")
 
-from autocompress.runtimes import get_runtime  # noqa: E402
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model  # noqa: E402
+from autocompress.measure.runtimes import get_runtime  # noqa: E402
+from autocompress.plugin.testing import PluginContract, load_plugin, make_context, tiny_model  # noqa: E402
 
 
 class TestInt8PT2E(PluginContract):

@@ -5,10 +5,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from autocompress.measure import module_predictor, top1
+from autocompress.measure.accuracy import module_predictor, top1
 from autocompress.models import fit
-from autocompress.runtimes import export_onnx, get_runtime
-from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
+from autocompress.measure.runtimes import export_onnx, get_runtime
+from autocompress.plugin.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
 FAMILIES = FIVE_FAMILIES
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from autocompress.models import fit
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model
+from autocompress.plugin.testing import PluginContract, load_plugin, make_context, tiny_model
 
 
 class TestLogitKD(PluginContract):

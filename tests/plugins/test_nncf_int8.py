@@ -7,10 +7,10 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from autocompress.measure import module_predictor, top1  # noqa: E402
+from autocompress.measure.accuracy import module_predictor, top1  # noqa: E402
 from autocompress.models import fit  # noqa: E402
-from autocompress.runtimes import get_runtime  # noqa: E402
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model  # noqa: E402
+from autocompress.measure.runtimes import get_runtime  # noqa: E402
+from autocompress.plugin.testing import PluginContract, load_plugin, make_context, tiny_model  # noqa: E402
 
 
 class TestNncfInt8(PluginContract):

@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
+from autocompress.plugin.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
 FAMILIES = FIVE_FAMILIES
 PLUGIN = load_plugin("soft_filter_prune")

@@ -1,9 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from autocompress.measure import count_params, module_predictor, top1
+from autocompress.measure.accuracy import count_params, module_predictor, top1
 from autocompress.models import fit
-from autocompress.testing import PluginContract, load_plugin, make_context, tiny_model
+from autocompress.plugin.testing import PluginContract, load_plugin, make_context, tiny_model
 
 
 class TestStudentKD(PluginContract):

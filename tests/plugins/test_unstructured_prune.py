@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from autocompress.models import fit
-from autocompress.plugin import Artefact
-from autocompress.runtimes import export_onnx, get_runtime
-from autocompress.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
+from autocompress.plugin.contract import Artefact
+from autocompress.measure.runtimes import export_onnx, get_runtime
+from autocompress.plugin.testing import FIVE_FAMILIES, PluginContract, load_plugin, make_context, tiny_model
 
 FAMILIES = FIVE_FAMILIES
 PLUGIN = load_plugin("unstructured_prune")

@@ -1,0 +1,185 @@
+"""Finding plugins: the ``autocompress.plugins`` entry-point group and a plugins folder.
+
+Folder plugins are loaded by path (never as a top-level ``plugins`` package). Every
+plugin is validated when it registers, so a broken plugin stops the run before any trial.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from autocompress.config import PROJECT_ROOT
+from autocompress.errors import UserError, describe_validation_error
+from autocompress.plugin.contract import NONE, Plugin, PluginConfig, Stage
+
+ENTRY_POINT_GROUP = "autocompress.plugins"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Registry:
+    """Plugins by name, each validated when it registers."""
+
+    def __init__(self) -> None:
+        self._plugins: dict[str, type[Plugin]] = {}
+        self._origin: dict[str, str] = {}
+
+    def register(self, cls: type[Plugin], origin: str = "") -> type[Plugin]:
+        """Validates and adds a plugin class.
+
+        Raises:
+            UserError: The class breaks the contract or its name is taken.
+        """
+        where = origin or cls.__module__
+        problem = contract_problem(cls)
+        if problem:
+            raise UserError(f"plugin {where}: {problem}")
+        if cls.name in self._plugins and self._plugins[cls.name] is not cls:
+            raise UserError(f"plugin {where}: name {cls.name!r} is already registered by {self._origin[cls.name]}")
+        self._plugins[cls.name] = cls
+        self._origin[cls.name] = where
+        return cls
+
+    def get(self, name: str) -> type[Plugin]:
+        """The plugin class called ``name``.
+
+        Raises:
+            UserError: No such plugin; the message lists the known ones.
+        """
+        if name not in self._plugins:
+            hint = difflib.get_close_matches(name, self._plugins, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UserError(f"unknown plugin {name!r}{extra}; known: {', '.join(sorted(self._plugins)) or 'none'}")
+        return self._plugins[name]
+
+    def names(self, stage: Stage | None = None) -> list[str]:
+        return sorted(n for n, c in self._plugins.items() if stage is None or c.stage == stage)
+
+    def origin(self, name: str) -> str:
+        return self._origin[name]
+
+    def files(self) -> list[str]:
+        """Paths of the folder plugins, for workers that must load them too."""
+        return sorted({o for o in self._origin.values() if o.endswith(".py")})
+
+    def __iter__(self):
+        return iter(sorted(self._plugins.values(), key=lambda c: (list(Stage).index(c.stage), c.name)))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._plugins
+
+
+def contract_problem(cls: type) -> str | None:
+    """What is wrong with a plugin class, or ``None``."""
+    if not (inspect.isclass(cls) and issubclass(cls, Plugin)):
+        return f"{cls!r} is not a subclass of autocompress.Plugin"
+    if inspect.isabstract(cls):
+        return f"{cls.__name__} does not implement apply()"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name) or name == NONE:
+        return f"{cls.__name__}.name must be a lower_snake_case string other than 'none' (got {name!r})"
+    if not isinstance(getattr(cls, "stage", None), Stage):
+        return f"{name}: stage must be one of {', '.join(s.value for s in Stage)}"
+    config = getattr(cls, "Config", None)
+    if not (inspect.isclass(config) and issubclass(config, BaseModel)):
+        return f"{name}: Config must be a pydantic model"
+    if config.model_config.get("extra") != "forbid":
+        return f"{name}: Config must forbid extra fields (subclass autocompress.PluginConfig)"
+    required = [f for f, info in config.model_fields.items() if info.is_required()]
+    if required:
+        return f"{name}: Config fields need defaults: {', '.join(required)}"
+    unknown = set(getattr(cls, "probe_ignores", ())) - set(config.model_fields)
+    if unknown:
+        return f"{name}: probe_ignores names fields its Config lacks: {', '.join(sorted(unknown))}"
+    from autocompress.plugin.space import check_plugin_space
+
+    try:
+        check_plugin_space(cls, cls.search_space, where=f"{name}.search_space")
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def plugin_module(path: Path | str):
+    """The module of a plugin file, loaded by path once per process (for plugins that share code)."""
+    path = Path(path)
+    module_name = f"autocompress_plugins_{path.stem}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    _load_file(path)
+    return sys.modules[module_name]
+
+
+def _load_file(path: Path) -> list[type[Plugin]]:
+    module_name = f"autocompress_plugins_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"plugins_dir: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a plugin file's own bug must name the file, not crash the CLI
+        del sys.modules[module_name]
+        raise UserError(f"plugin {path}: failed to import: {type(err).__name__}: {err}") from None
+    found = [
+        obj for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Plugin) and obj.__module__ == module_name
+        and not inspect.isabstract(obj)
+    ]
+    if len(found) != 1:
+        raise UserError(f"plugin {path}: a plugin file defines exactly one Plugin class (found {len(found)})")
+    return found
+
+
+def default_plugins_dir() -> Path:
+    """``./plugins`` when the working folder has one, else the project's ``plugins/``."""
+    here = Path.cwd() / "plugins"
+    return here if here.is_dir() else PROJECT_ROOT / "plugins"
+
+
+def discover(plugins_dir: Path | str | None = None, *, entry_points: bool = True,
+             files: Iterable[str] | None = None) -> Registry:
+    """Builds a registry from entry points and a plugins folder (or explicit files).
+
+    Args:
+        plugins_dir: Folder of ``*.py`` plugin files; ``None`` = :func:`default_plugins_dir`.
+        entry_points: Also load the ``autocompress.plugins`` entry-point group.
+        files: Explicit plugin files instead of a folder (used by workers).
+
+    Raises:
+        UserError: The folder is missing, or a plugin is broken or clashes with another.
+    """
+    registry = Registry()
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                cls = ep.load()
+            except Exception as err:
+                raise UserError(f"plugin entry point {ep.name} ({ep.value}): failed to load: {err}") from None
+            registry.register(cls, origin=f"entry point {ep.value}")
+    if files is None:
+        folder = Path(plugins_dir) if plugins_dir is not None else default_plugins_dir()
+        if not folder.is_dir():
+            raise UserError(f"plugins_dir: folder not found: {folder}")
+        files = [str(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+    for file in files:
+        for cls in _load_file(Path(file)):
+            registry.register(cls, origin=str(Path(file).resolve()))
+    return registry
+
+
+def check_config(cls: type[Plugin], params: dict, where: str) -> PluginConfig:
+    """Validates parameters against a plugin's Config, as one clear line on failure."""
+    try:
+        return cls.Config.model_validate(params)
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err, cls.Config, prefix=where)) from None

@@ -1,0 +1,652 @@
+"""The search controller: an Optuna multi-objective study driven by ask/tell.
+
+It measures the base model first, checks that the budget can be met at all, then asks
+Optuna for configurations, hands plain trial specs to an executor, and tells Optuna the
+measured objectives with the budget as constraints. After every finished trial it appends
+``trials.jsonl`` and rewrites ``pareto.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import warnings
+
+import optuna
+
+from autocompress.trial import prepare_base
+from autocompress.config import RunConfig, dump_config
+from autocompress.errors import UserError
+from autocompress.execution import Executor, make_executor
+from autocompress.device import describe
+from autocompress.objectives import (BUDGET_METRICS, DEFAULT_OBJECTIVES, constraints, directions, front, metric_keys,
+                                  objective_values)
+from autocompress.plugin import NONE, STAGE_ORDER
+from autocompress.plugin import Registry, discover
+from autocompress.store import RunFolder, atomic_write
+from autocompress.search.throughput import throughput
+from autocompress.search.space import SearchSpace, load_search_space
+from autocompress.trial import TrialSpec, run_trial, trial_dir
+from autocompress.trial import log_to
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+LATENCY_NOISE = 1.25  # a probe this much over the latency budget cannot be noise
+STOPPED_VIOLATION = 0.01  # constraint value of an early-stopped trial that violates no budget: infeasible, barely
+
+
+@dataclass
+class Progress:
+    """What the terminal shows while searching."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    stopped: int = 0
+    running: int = 0
+    front: int = 0
+    started: float = field(default_factory=time.time)
+    timeout: float | None = None
+    last: str = ""
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = config.data.source if config.data.source == "digits" else (config.data.name or Path(config.data.path).name)
+    return Path("results") / f"{stamp}-{config.model.name}-{data}".replace("/", "_")
+
+
+def make_sampler(config: RunConfig) -> optuna.samplers.BaseSampler:
+    s = config.search
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, min(50, s.trials // 4)))
+    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=max(4, min(10, s.trials // 4)))
+
+
+class Search:
+    """One run of the search.
+
+    Args:
+        config: The resolved run config.
+        run_dir: The run folder (created if needed).
+        executor: Runs the trials; default in-process.
+        on_event: Called with ``(kind, payload)`` for progress display (``"log"``, ``"trial"``, ``"progress"``).
+    """
+
+    def __init__(self, *, config: RunConfig, run_dir: Path | str, executor: Executor | None = None,
+                 on_event: Callable[[str, Any], None] | None = None) -> None:
+        self.config = config
+        self.run = RunFolder(run_dir)
+        self.executor = executor or make_executor(config, run_dir)
+        self.on_event = on_event or (lambda kind, payload: None)
+        self.registry: Registry | None = None
+        self.space: SearchSpace | None = None
+        self.base: dict | None = None
+        self.records: dict[int, dict] = {}
+        self.objectives = metric_keys(config.objectives)  # metric keys, in the order Optuna is told them
+        self.agent_machines: dict[str, dict] = {}  # device.agent: each agent's machine, from /info
+        self.progress = Progress(total=config.search.trials, timeout=config.search.timeout)
+        self._stop = False
+        self.normalisation_note = ""
+
+    def log(self, line: str) -> None:
+        self.run.log(f"{dt.datetime.now():%H:%M:%S} {line}")
+        self.on_event("log", line)
+
+    def validate(self) -> None:
+        """Loads plugins and the search space; every user error surfaces here, before any work."""
+        self.registry = discover(self.config.plugins_dir)
+        self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtimes)
+        import timm
+
+        if not timm.is_model(self.config.model.name):
+            import difflib
+
+            hint = difflib.get_close_matches(self.config.model.name, timm.list_models(), n=3)
+            raise UserError(f"model.name: unknown timm model {self.config.model.name!r}"
+                            + (f"; did you mean {', '.join(hint)}?" if hint else "; see timm.list_models()"))
+        if self.config.model.checkpoint is not None and not Path(self.config.model.checkpoint).is_file():
+            raise UserError(f"model.checkpoint: file not found: {self.config.model.checkpoint}")
+        self._check_energy()
+        if self.config.device.agents:  # every agent answers, with the token, before any work
+            from autocompress.device import check_agents
+
+            d = self.config.device
+            self.agent_machines = check_agents(d.agents, d.agent_token_file, d.runtimes, timeout=d.agent_timeout)
+        from autocompress.data import load_data, normalisation
+
+        mean, std, source = normalisation(self.config.model, self.config.data)
+        if mean is not None:  # fixed in config.yaml, so trials, a resume and `load` all use it
+            self.config.data.mean, self.config.data.std = mean, std
+        self.normalisation_note = f"normalisation: {source}" + (f": mean {list(mean)}, std {list(std)}" if mean else "")
+        data = load_data(self.config.data, self.config.model.img_size)
+        if self.config.model.checkpoint is not None:  # one that does not fit stops here, before the run folder is made
+            from autocompress.models import create_model
+
+            create_model(self.config.model.model_copy(update={"pretrained": False}),
+                         self.config.model.num_classes or data.num_classes)
+
+    def _check_energy(self) -> None:
+        """A budget or objective on energy where this machine has no counter is refused before any work.
+
+        Checked on the machine that runs the trials: this one, or a local Ray (a remote cluster's
+        trials that cannot measure it fail with the reason instead).
+        """
+        search = self.config.search
+        if search.executor == "ray" and search.ray_address not in (None, "local"):
+            return
+        field_name = ("budget.max_energy_mj" if self.config.budget.max_energy_mj is not None
+                      else "objectives" if "energy_mj" in self.objectives else None)
+        if field_name is None:
+            return
+        from autocompress.measure import energy_unavailable
+
+        if getattr(self.config.device, "agents", None):  # latency is timed elsewhere: no counter here sees it
+            from autocompress.trial import AGENT_NO_ENERGY
+
+            raise UserError(f"{field_name}: energy cannot be measured: {AGENT_NO_ENERGY}")
+        why = energy_unavailable(self.config.device.type)
+        if why:
+            raise UserError(f"{field_name}: energy cannot be measured on this machine ({why})")
+
+    def _check_kept_objectives(self) -> None:
+        """A run resumed with other objectives than it started with is one line, before any work."""
+        import yaml
+
+        path = self.run.path / "config.yaml"
+        if not path.is_file():
+            return
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            return
+        before = list(saved.get("objectives") or DEFAULT_OBJECTIVES)  # runs from before objectives were chosen
+        if metric_keys(before) != self.objectives:
+            raise UserError(f"objectives: {self.run.path} was searched for {', '.join(before)}; a resumed run keeps "
+                            f"its objectives (start a new run for {', '.join(self.config.objectives)})")
+
+    def _stop_inputs(self) -> dict:
+        """The accuracy floor, the finished trials' curves and the front, for early stopping inside a trial."""
+        drop = self.config.budget.max_accuracy_drop
+        floor = None if drop is None or self.base is None else self.base["metrics"]["accuracy"] - drop
+        history = [r["curve"] for r in self.records.values()
+                   if r["state"] in ("complete", "pruned") and r.get("curve")
+                   and (not r.get("stopped") or r["stopped"].get("after_training"))  # whole curves only
+                   and not (r.get("cache") or {}).get("hit")]  # a reused fine-tune repeats its curve
+        feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
+        return {"floor": floor, "history": history,
+                "front": [[*objective_values(r, self.objectives), r.get("latency_vs_base")]
+                          for r in front(feasible, self.objectives)]}
+
+    def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
+        return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),
+                         config=self.config.model_dump(mode="json"), plugin_files=self.registry.files(), **kw)
+
+    def prepare(self) -> dict:
+        """Creates the run folder, the base model and its measured record; checks the budget."""
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        for note in getattr(self.space, "notes", None) or []:  # e.g. plugins left out for device.runtime
+            self.log(note)
+        if self.config.search.study_name is None:  # fixed now, so a renamed run folder still resumes its study
+            self.config.search.study_name = self.run.path.name
+        atomic_write(self.run / "config.yaml", dump_config(self.config))
+        machine = describe(self.config.device.threads)
+        from autocompress.measure import energy_meter
+
+        meter, no_energy = energy_meter(self.config.device.type)  # what this machine can say about energy
+        machine["energy"] = {"source": meter.source if meter else None, "not_available": no_energy}
+        if self.config.device.agents:  # where latency is measured; this machine still trains and evaluates
+            machine["agents"] = self.agent_machines
+        self.run.write_json("machine.json", machine)
+        if self.normalisation_note:
+            self.log(self.normalisation_note)
+        prepare_base(self.config, self.run.path, log=self.log)
+        from autocompress.data import load_data
+
+        self.run.write_json("data.json", load_data(self.config.data, self.config.model.img_size).summary())
+        by_runtime = {}
+        for runtime in self.config.device.runtimes:  # one base artefact per target runtime
+            choices = {s.value: (NONE, {}) for s in STAGE_ORDER}
+            if len(self.config.device.runtimes) > 1:
+                choices["runtime"] = (runtime, {})
+            record = run_trial(self._spec(-1, choices))
+            if record["state"] != "complete":
+                if record.get("agent_error"):
+                    raise UserError(f"device.agent: the base model could not be measured: {record['reason']}")
+                raise RuntimeError(f"the base model could not be measured on {runtime}: {record['reason']}")
+            by_runtime[runtime] = record
+            m = record["metrics"]
+            self.log(f"base: val top-1 {m['accuracy']:.2f}%  latency {m['latency_ms']:.3f} ms  "
+                     f"size {m['size_mb']:.2f} MB  {m.get('macs') or 0:,} MACs  "
+                     + (f"memory {m['memory_mb']:.1f} MB  " if m.get("memory_mb") is not None else "")
+                     + (f"energy {m['energy_mj']:.3f} mJ ({m['energy_source']})  " if m.get("energy_mj") is not None
+                        else "energy n/a  ") + f"({runtime})")
+        # the reference is the base on its fastest target runtime, never a slower one
+        base = dict(min(by_runtime.values(), key=lambda r: r["metrics"]["latency_ms"]))
+        if len(by_runtime) > 1:
+            base["by_runtime"] = {rt: r["metrics"] for rt, r in by_runtime.items()}
+            self.log(f"base reference: {base['metrics']['runtime']} (the fastest of {', '.join(by_runtime)})")
+        self.base = base
+        m = base["metrics"]
+        if m.get("test_accuracy") is not None and m["accuracy"] - m["test_accuracy"] > 2.0:
+            self.log(f"warning: the base reads {m['accuracy']:.2f}% on validation but {m['test_accuracy']:.2f}% on test: "
+                     "was it trained on the validation images? The accuracy floor is set on validation; consider "
+                     "data.val_from: test")
+        self.run.write_json("base.json", base)
+        self._check_budget()
+        return base
+
+    def _check_budget(self) -> None:
+        budget = self.config.budget
+        if budget.max_latency_vs_base is None and all(getattr(budget, f) is None for f in BUDGET_METRICS):
+            return
+        b = self.base["metrics"]
+        probes, problems, dropped = [], [], []
+        for runtime in self.config.device.runtimes:
+            strongest = self.space.strongest(self.registry, runtime)
+            probe = run_trial(self._spec(-2, strongest, structure_only=True, keep_artefact=False))
+            shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+            desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE and s != "runtime") or "no compression"
+            if probe.get("timed_out"):  # a step that hangs (seen: torch-pruning's graph on some models) holds no one up
+                self.log(f"budget check on {runtime}: the most compressed configuration ({desc}) dropped from the "
+                         f"check: {probe['reason']}")
+                dropped.append(runtime)
+                continue
+            if probe["state"] != "complete":
+                self.log(f"budget check on {runtime} skipped: the most compressed configuration failed ({probe['reason']})")
+                return
+            probes.append(probe)
+            m = probe["metrics"]
+            if budget.max_size_mb is not None and m["size_mb"] > budget.max_size_mb:
+                problems.append(("budget.max_size_mb", f"{budget.max_size_mb} MB cannot be met: the most compressed "
+                                 f"configuration ({desc}) is {m['size_mb']:.3f} MB on {runtime} (base {b['size_mb']:.3f} MB)"))
+            elif budget.max_latency_ms is not None and m["latency_ms"] > LATENCY_NOISE * budget.max_latency_ms:
+                problems.append(("budget.max_latency_ms", f"{budget.max_latency_ms} ms cannot be met: the most compressed "
+                                 f"configuration ({desc}) measures {m['latency_ms']:.3f} ms on {runtime} "
+                                 f"(base {b['latency_ms']:.3f} ms on {b['runtime']}) with {self.config.device.threads} threads"))
+            elif (budget.max_latency_vs_base is not None and runtime == b["runtime"]
+                  and m["latency_ms"] > LATENCY_NOISE * budget.max_latency_vs_base * b["latency_ms"]):
+                problems.append(("budget.max_latency_vs_base", f"{budget.max_latency_vs_base}x the base cannot be met: "
+                                 f"the most compressed configuration ({desc}) measures {m['latency_ms'] / b['latency_ms']:.2f}x "
+                                 f"the base's {b['latency_ms']:.3f} ms on {runtime}"))
+            else:
+                problem = _figure_problem(budget, m, b, desc, runtime)
+                if problem:
+                    problems.append(problem)
+        if not probes:
+            return
+        self.run.write_json("probe.json", probes[0] if len(probes) == 1 else {"by_runtime": probes})
+        if len(problems) == len(probes) and not dropped:  # no runtime can meet it (a dropped one might)
+            field_name = problems[0][0]
+            raise UserError(f"{field_name}: " + "; ".join(text for _, text in problems))
+
+    def _study(self) -> optuna.Study:
+        storage = make_storage(self.config.search.storage, self.run.path)
+        name = self.config.search.study_name or self.run.path.name
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            existing = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # a new study
+            existing = None
+        if existing is not None and existing.metric_names and list(existing.metric_names) != list(self.objectives):
+            raise UserError(f"objectives: the study {name!r} was searched for {', '.join(existing.metric_names)}; a "
+                            f"resumed run keeps its objectives (start a new run for {', '.join(self.objectives)})")
+        study = optuna.create_study(storage=storage, study_name=name, directions=list(directions(self.objectives)),
+                                    sampler=make_sampler(self.config), load_if_exists=True)
+        if not study.metric_names:
+            study.set_metric_names(list(self.objectives))
+        study.set_user_attr("run_dir", str(self.run.path.resolve()))
+        if study.trials:  # resumed: a seed of its own, or a seeded sampler would replay the first run's draws
+            s = self.config.search
+            study.sampler = make_sampler(self.config.model_copy(
+                update={"search": s.model_copy(update={"seed": s.seed + len(study.trials)})}))
+        self._requeue_stale(study)
+        if self.config.search.warm_start and not study.trials:
+            for params in self.space.warm_start:
+                study.enqueue_trial(params, skip_if_exists=True)
+        return study
+
+    def _requeue_stale(self, study: optuna.Study) -> None:
+        """Makes the study and ``trials.jsonl`` agree again after the last process stopped anywhere.
+
+        A finished trial's record is stored in the study (user attr ``record``), then appended
+        to ``trials.jsonl``, then told (see :meth:`_tell`), so after a SIGKILL at any point:
+        finished in the study but missing from ``trials.jsonl`` -> its stored record is appended;
+        RUNNING with a record in either place -> told with that record (it is not re-run);
+        RUNNING without a record -> it was cut off: recorded failed, its params re-queued.
+        No heartbeat is needed: the run-folder lock (:meth:`_lock`) guarantees that no other
+        controller is driving the study, so every RUNNING trial here is stale.
+        """
+        text = self.run.trials_file.read_text() if self.run.trials_file.exists() else ""
+        if text and not text.endswith("\n"):  # torn last line: drop it before anything is appended
+            atomic_write(self.run.trials_file, "".join(json.dumps(r, default=str) + "\n" for r in self.run.trials()))
+        records = {r["number"]: r for r in self.run.trials()}
+        for t in study.get_trials(deepcopy=False):
+            stored = t.user_attrs.get("record")
+            if t.state.is_finished():
+                if t.number not in records and stored is not None:
+                    self.run.append_trial(stored)
+                    self.log(f"trial {t.number}: record restored to trials.jsonl from the study")
+                continue
+            if t.state != optuna.trial.TrialState.RUNNING:
+                continue
+            record = records.get(t.number) or stored
+            if record is None:
+                choices = t.user_attrs.get("choices") or {}
+                self._interrupt(study, t.number, t._trial_id, t.params, choices,
+                                "interrupted: the search stopped while it ran; re-queued",
+                                t.datetime_start.timestamp() if t.datetime_start else None)
+                self.log(f"trial {t.number}: was running when the last process stopped; marked failed, re-queued")
+                continue
+            if t.number not in records:
+                self.run.append_trial(record)
+            trial = optuna.trial.Trial(study, t._trial_id)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for key, value in (record.get("constraints") or {}).items():
+                    trial.set_constraint(key, value)
+            if record["state"] == "complete":
+                study.tell(t.number, objective_values(record, self.objectives))
+            else:
+                if record.get("interrupted"):
+                    self._requeue(study, t.params)
+                study.tell(t.number, state=_optuna_state(record))
+            self.log(f"trial {t.number}: had finished when the last process stopped; recorded, not re-run")
+
+    def _requeue(self, study: optuna.Study, params: dict) -> None:
+        """Enqueues ``params`` unless an identical trial is already waiting (safe to repeat)."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            if t.system_attrs.get("fixed_params") == params:
+                return
+        study.enqueue_trial(params)
+
+    def _interrupt(self, study: optuna.Study, number: int, trial_id: int, params: dict, choices: dict,
+                   reason: str, started: float | None) -> None:
+        """Records a trial that was stopped (Ctrl-C, time limit, crash) as failed and re-queues its params.
+
+        Order: stored record, trials.jsonl, re-queue, tell; each step is repeatable on resume.
+        """
+        now = time.time()
+        record = {"number": number, "choices": choices, "state": "fail", "reason": reason, "interrupted": True,
+                  "host": None, "started": started or now, "structure_only": False, "finished": now,
+                  "duration_s": round(now - (started or now), 3), "feasible": False}
+        study._storage.set_trial_user_attr(trial_id, "record", record)
+        self.records[number] = record
+        self.run.append_trial(record)
+        self._requeue(study, params)
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+    def _abandon(self, study: optuna.Study, pending: dict, started: dict, reason: str) -> None:
+        """Stops every running trial (Ray: force-cancelled) and records it via :meth:`_interrupt`."""
+        self.executor.cancel_all()
+        for number in list(pending):
+            trial = pending.pop(number)
+            self._interrupt(study, number, trial._trial_id, trial.params, started.get(number, (None, {}))[1],
+                            reason, started.get(number, (None, {}))[0])
+        self.progress.running = 0
+
+    def _lock(self):
+        """Holds ``RUN/.lock`` while searching: a second controller on the same run stops at once.
+
+        The kernel drops the lock when the process dies, SIGKILL included.
+        """
+        import fcntl
+
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.run / ".lock", "w")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise UserError(f"{self.run.path} is in use by another autocompress process; wait for it or stop it")
+        return fh
+
+    def _past_limit(self) -> bool:
+        timeout = self.config.search.timeout
+        return timeout is not None and time.time() - self.progress.started >= timeout
+
+    def stop(self) -> None:
+        """Stops starting trials; the running ones finish (Ctrl-C, time budget)."""
+        self._stop = True
+
+    def _can_start(self, started: int, durations: list[float]) -> bool:
+        if self._stop or started >= self.config.search.trials:
+            return False
+        timeout = self.config.search.timeout
+        if timeout is None:
+            return True
+        elapsed = time.time() - self.progress.started
+        estimate = statistics.median(durations) if durations else 0.0
+        return elapsed + estimate <= timeout
+
+    def search(self) -> dict:
+        """Runs the search to its trial count or time budget; returns the final ``pareto.json``.
+
+        At the time limit, trials still running are cancelled, recorded failed ("cancelled at
+        time limit") and re-queued for ``--resume``; Ctrl-C does the same, then re-raises.
+        """
+        if self.registry is None:
+            self.validate()
+        self.progress.started = time.time()
+        lock = self._lock()
+        self.run.sweep_temporaries()
+        pending: dict[int, optuna.Trial] = {}
+        begun: dict[int, tuple[float, dict]] = {}
+        study = None
+        interrupted_flag = []
+
+        def on_sigint(signum, frame):  # remembered too, in case code inside a trial swallows the exception
+            interrupted_flag.append(signum)
+            raise KeyboardInterrupt
+
+        import signal
+        import threading
+
+        previous = signal.signal(signal.SIGINT, on_sigint) if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler) else None
+        heartbeat = log_to(self.log)  # in-process steps still running say so in the log and the display
+        heartbeat.__enter__()
+        try:
+            self._check_kept_objectives()
+            self.prepare()
+            study = self._study()
+            self.records = {r["number"]: r for r in self.run.trials()}
+            interrupted = {n for n, r in self.records.items() if r.get("interrupted")}
+            finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
+            started = len(finished)
+            self.progress.done = len(finished)
+            self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
+            self.progress.stopped = sum(bool(r.get("stopped")) for r in self.records.values())
+            durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
+            pareto = self._write_pareto()
+            while True:
+                while self.executor.running() < self.executor.slots and self._can_start(started, durations):
+                    trial = study.ask()
+                    choices = self.space.suggest(trial, self.registry)
+                    trial.set_user_attr("choices", {k: list(v) for k, v in choices.items()})
+                    pending[trial.number] = trial
+                    begun[trial.number] = (time.time(), {k: list(v) for k, v in choices.items()})
+                    started += 1
+                    self.progress.running = len(pending)
+                    self.on_event("start", {"number": trial.number, "choices": choices})
+                    self.executor.submit(self._spec(trial.number, choices, **self._stop_inputs()))
+                if not pending:
+                    break
+                for record in self.executor.poll(timeout=1.0):
+                    trial = pending.pop(record["number"], None)
+                    if trial is None:
+                        continue
+                    self._tell(study, trial, record)
+                    if record["state"] == "complete":
+                        durations.append(record["duration_s"])
+                    pareto = self._write_pareto()
+                    self.progress.running = len(pending)
+                    self.on_event("trial", record)
+                if interrupted_flag:
+                    raise KeyboardInterrupt
+                if pending and self._past_limit():
+                    self.log(f"time limit: {len(pending)} running trial(s) cancelled and re-queued for --resume")
+                    self._abandon(study, pending, begun, "cancelled at time limit")
+                    pareto = self._write_pareto()
+        except KeyboardInterrupt:
+            if study is not None and pending:
+                self.log("interrupted: the running trials are recorded as failed and re-queued for --resume")
+                self._abandon(study, pending, begun, "interrupted (Ctrl-C); re-queued")
+                self._write_pareto()
+            raise
+        finally:
+            heartbeat.__exit__(None, None, None)
+            self.executor.shutdown()
+            lock.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return pareto
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
+        self.progress.done += 1
+        self.progress.stopped += bool(record.get("stopped"))
+        if record["state"] == "complete":
+            cons = constraints(record, self.config.budget, self.base["metrics"]["accuracy"])
+            record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
+            record["feasible"] = all(v <= 0 for v in cons.values())
+            for key, value in cons.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("metrics", record["metrics"])
+            trial.set_user_attr("artefact", record.get("artefact"))
+        else:
+            self.progress.failed += record["state"] == "fail"
+            record["feasible"] = False
+            trial.set_user_attr("reason", record["reason"])
+            if record["state"] == "pruned" and record.get("stopped"):
+                # a stopped trial is an infeasible point for the sampler: told without constraints,
+                # TPE ranks PRUNED trials among the good ones while few feasible trials have finished,
+                # and samples more like them (seen: a run that kept proposing trials halving stopped)
+                for key, value in self._stopped_constraints(record).items():
+                    trial.set_constraint(key, value)
+        # stored in the study, appended to trials.jsonl, told last: a crash between any two
+        # steps is reconciled on resume (_requeue_stale) without losing or re-running the trial
+        trial.set_user_attr("record", record)
+        self.records[record["number"]] = record
+        self.run.append_trial(record)
+        if record["state"] == "complete":
+            study.tell(trial, objective_values(record, self.objectives))
+        else:
+            study.tell(trial, state=_optuna_state(record))
+
+    def _stopped_constraints(self, record: dict) -> dict[str, float]:
+        budget = self.config.budget
+        m = dict(record.get("probe") or {})
+        m["accuracy"] = record["stopped"]["accuracy"]
+        for field_name, key in BUDGET_METRICS.items():  # a figure the probe lacks violates nothing
+            if m.get(key) is None:
+                m[key] = getattr(budget, field_name) or 0.0
+        m.setdefault("latency_vs_base", budget.max_latency_vs_base)
+        cons = constraints({"metrics": m}, budget, self.base["metrics"]["accuracy"])
+        if not any(v > 0 for v in cons.values()):  # within every budget at its stop, yet behind others
+            cons["stopped"] = STOPPED_VIOLATION
+        record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
+        return cons
+
+    def _write_pareto(self) -> dict:
+        feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
+        best = front(feasible, self.objectives)
+        on_front = {r["number"] for r in best}
+        base = self.base["metrics"] if self.base else None
+        rows = []
+        for r in best:
+            m = r["metrics"]
+            rows.append({
+                "number": r["number"], "choices": r["choices"], "metrics": m, "artefact": r.get("artefact"),
+                "latency": r.get("latency"), "latency_vs_base": r.get("latency_vs_base"),
+                "vs_base": _vs_base(m, base) if base else None, "footprint": r.get("footprint"),
+            })
+        data = {
+            "objectives": list(self.objectives), "directions": list(directions(self.objectives)),
+            "budget": self.config.budget.model_dump(), "base": base,
+            "trials_finished": sum(r["state"] == "complete" for r in self.records.values()),
+            "trials_failed": sum(r["state"] == "fail" and not r.get("interrupted") for r in self.records.values()),
+            "trials_interrupted": sum(bool(r.get("interrupted")) for r in self.records.values()),
+            "throughput": throughput(list(self.records.values()), time.time() - self.progress.started,
+                                     since=self.progress.started),
+            "front": rows, "updated": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        self.run.write_json("pareto.json", data)
+        self.progress.front = len(rows)
+        for number, r in self.records.items():
+            if number not in on_front and r.get("artefact"):
+                folder = trial_dir(self.run.path, number)
+                for f in folder.glob("model*"):
+                    f.unlink(missing_ok=True)
+        return data
+
+
+def _optuna_state(record: dict) -> optuna.trial.TrialState:
+    """A record that is not complete: stopped early (PRUNED) or failed."""
+    return optuna.trial.TrialState.PRUNED if record["state"] == "pruned" else optuna.trial.TrialState.FAIL
+
+
+def make_storage(url: str | None, run_dir: Path) -> "str | optuna.storages.BaseStorage":
+    """The study's storage: ``null`` = SQLite ``study.db`` in the run folder; ``journal://PATH``
+    = an Optuna journal file (relative paths in the run folder; ``journal:///abs/path``);
+    anything else is an Optuna storage URL (``sqlite:///...``, ``postgresql://...``)."""
+    if url is None:
+        return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):]).expanduser()
+        if not path.is_absolute():
+            path = Path(run_dir) / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
+
+
+def _vs_base(m: dict, base: dict) -> dict:
+    """Change vs the base: accuracy in pp, every other figure as how many times lower (``None`` where unknown)."""
+    out = {"accuracy_pp": round(m["accuracy"] - base["accuracy"], 4)}
+    for key, name in (("latency_ms", "latency_x"), ("size_mb", "size_x"), ("params", "params_x"), ("macs", "macs_x"),
+                      ("memory_mb", "memory_x"), ("energy_mj", "energy_x")):
+        mine, theirs = m.get(key), base.get(key)
+        out[name] = round(theirs / mine, 3) if mine and theirs is not None else None
+    return out
+
+
+def _figure_problem(budget, m: dict, b: dict, desc: str, runtime: str) -> tuple[str, str] | None:
+    """Why the most compressed configuration's params, MACs, memory or energy cannot meet the budget, or ``None``.
+
+    Params and MACs are counted from the structure (exact); memory and energy are measured, so
+    they must be over by the latency noise allowance before the run is refused.
+    """
+    for field_name, key, noise, fmt in (("max_params", "params", 1.0, "{:,.0f} params"),
+                                        ("max_macs", "macs", 1.0, "{:,.0f} MACs"),
+                                        ("max_memory_mb", "memory_mb", LATENCY_NOISE, "{:.2f} MB"),
+                                        ("max_energy_mj", "energy_mj", LATENCY_NOISE, "{:.3f} mJ")):
+        limit, value = getattr(budget, field_name), m.get(key)
+        if limit is not None and value is not None and value > noise * limit:
+            base = f" (base {fmt.format(b[key])})" if b.get(key) is not None else ""
+            return (f"budget.{field_name}", f"{fmt.format(limit)} cannot be met: the most compressed configuration "
+                    f"({desc}) has {fmt.format(value)} on {runtime}{base}")
+    return None
+
+
+def load_resume(run_dir: Path | str) -> RunConfig:
+    """The config of an existing run, for ``--resume``."""
+    from autocompress.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"--resume: {run_dir} is not a run folder (no config.yaml)")
+    return load_config(run_dir / "config.yaml")
