@@ -28,7 +28,8 @@ def search(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler and trials."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe, nsga2 or random."),
     search_space: Optional[Path] = typer.Option(None, "--search-space", help="Search-space YAML."),
-    plugins_dir: Optional[Path] = typer.Option(None, "--plugins-dir", help="Folder of plugin files."),
+    plugins_dir: Optional[Path] = typer.Option(None, "--plugins-dir",
+                                               help="Folder of plugin files, added to the shipped ones."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the study of this run folder."),
     executor: Optional[str] = typer.Option(None, "--executor", help="inprocess or ray."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Trials at once (with --executor ray)."),
@@ -39,8 +40,8 @@ def search(
 ) -> None:
     """Run a compression search and write results/<run>/."""
     from autocompress.config import load_config
-    from autocompress.search import Search, default_run_dir, load_resume
     from autocompress.results import SearchDisplay
+    from autocompress.search import Search, default_run_dir, load_resume
 
     overrides = {k: v for k, v in {
         "search.trials": trials, "search.timeout": timeout, "search.seed": seed, "search.sampler": sampler,
@@ -69,10 +70,8 @@ def search(
     runner = Search(config=cfg, run_dir=run_dir, on_event=display.event)
     runner.validate()
     console.print(f"[bold]autocompress[/] run folder: {run_dir}")
-    files = runner.registry.files()  # said, since a resumed run imports these rather than what its folder names
-    folders = sorted({str(Path(f).parent) for f in files})
-    console.print(f"plugins: {len(files)} files from {escape(', '.join(folders)) or 'no folder'}"
-                  f" ({', '.join(Path(f).name for f in files)})", highlight=False)
+    # said, since a resumed run imports these rather than what its folder names
+    console.print(f"plugins: {escape(_plugin_sources(runner.registry.files()))}", highlight=False)
     try:
         with display.live(runner.progress):
             pareto = runner.search()
@@ -84,6 +83,20 @@ def search(
     console.print(front_table(Path(run_dir)))
     console.print(f"{pareto['trials_finished']} trials finished, {pareto['trials_failed']} failed, "
                   f"{len(pareto['front'])} on the front.  Results: [bold]{run_dir}[/]")
+
+
+def _plugin_sources(files: list[str]) -> str:
+    """``2 files from DIR (a.py, b.py); 11 files from SHIPPED (shipped) (...)``: the folders given first."""
+    from autocompress.plugin import shipped_plugins_dir
+
+    shipped = str(shipped_plugins_dir().resolve())
+    by_folder: dict[str, list[str]] = {}
+    for f in files:
+        by_folder.setdefault(str(Path(f).parent), []).append(Path(f).name)
+    return "; ".join(
+        f"{len(names)} files from {folder}{' (shipped)' if folder == shipped else ''} ({', '.join(names)})"
+        for folder, names in sorted(by_folder.items(), key=lambda item: (item[0] == shipped, item[0]))
+    ) or "0 files from no folder"
 
 
 def _check_run_folder(run_dir: Path, flag: str = "--out") -> None:
@@ -137,7 +150,8 @@ def show(
 
 @app.command()
 def plugins(
-    plugins_dir: Optional[Path] = typer.Option(None, "--plugins-dir", help="Folder of plugin files."),
+    plugins_dir: Optional[Path] = typer.Option(None, "--plugins-dir",
+                                               help="Folder of plugin files, added to the shipped ones."),
 ) -> None:
     """List the available plugins: name, stage, parameters and default search ranges."""
     from autocompress.results import plugins_table
@@ -164,7 +178,8 @@ def export(
     """Write a front model as ONNX, TorchScript or a torch.export program; reload and re-measure it."""
     from rich.table import Table
 
-    from autocompress.results import FORMATS, ExportMismatch, export as export_model
+    from autocompress.results import FORMATS, ExportMismatch
+    from autocompress.results import export as export_model
 
     if out is not None and fmt in FORMATS:  # a folder, or a path without an extension, gets the default name inside
         if out.is_dir() or not out.suffix:

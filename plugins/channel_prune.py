@@ -3,6 +3,7 @@ model is physically smaller and faster on dense kernels."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from pydantic import Field
 
-from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.models import fit
+from autocompress.plugin import Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import classifier_layers, fit, fused_attentions, resize_attentions
 
 
 class ChannelPrune(Plugin):
@@ -30,7 +31,8 @@ class ChannelPrune(Plugin):
     Channel counts are rounded to multiples of ``round_to`` because odd widths can make a
     more-pruned model slower on vectorised kernels (in attention the rounding applies to the
     per-head width). With ``iterative_steps`` > 1 the ratio is reached in steps, with
-    ``finetune_epochs`` of training after each step but the last.
+    ``finetune_epochs`` of training after each step but the last; those fine-tunes report one
+    learning curve (their epochs end to end) and are skipped in a structure probe.
 
     Importance criteria: ``l1``/``l2`` (weight norms of the coupled channels), ``bn_scale``
     (absolute scale of the BatchNorm/LayerNorm that follows; groups without a norm, such as a
@@ -40,6 +42,7 @@ class ChannelPrune(Plugin):
 
     name = "channel_prune"
     stage = Stage.PRUNE
+    fine_tunes = True  # with iterative_steps > 1 and finetune_epochs > 0
 
     class Config(PluginConfig):
         """Parameters of :class:`ChannelPrune`.
@@ -70,6 +73,13 @@ class ChannelPrune(Plugin):
         "importance": ["l2", "l1"],
     }
     probe_ignores = frozenset({"finetune_epochs"})
+    stronger = {"ratio": "high", "importance": "any", "global_pruning": "any", "round_to": "low",
+                "iterative_steps": "any", "finetune_epochs": "any", "max_layer_ratio": "high", "attention": "any"}
+
+    @classmethod
+    def trains(cls, params: dict) -> bool:
+        cfg = cls.Config.model_validate(params)
+        return cfg.iterative_steps > 1 and cfg.finetune_epochs > 0
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Prunes ``model`` in place and returns it (in eval mode, on the CPU).
@@ -86,7 +96,7 @@ class ChannelPrune(Plugin):
             return model
         model.eval().cpu()
         example = ctx.example_input[:1].cpu()
-        attentions = _attentions(model)
+        attentions = fused_attentions(model)
         heads = cfg.attention == "heads"
         with warnings.catch_warnings():
             # Unwrapped parameters (ViT cls_token/pos_embed, ConvNeXt gamma) have the channel
@@ -96,19 +106,22 @@ class ChannelPrune(Plugin):
                 model, example, importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
                 global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps,
                 max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
-                ignored_layers=_classifiers(model),
+                ignored_layers=classifier_layers(model),
                 num_heads={a.qkv: a.num_heads for a in attentions},
                 prune_num_heads=heads, prune_head_dims=not heads, head_pruning_ratio=cfg.ratio if heads else 0.0,
             )
+        tunes = cfg.iterative_steps - 1 if cfg.finetune_epochs and not ctx.structure_only else 0
+        per_tune = math.ceil(cfg.finetune_epochs)  # epochs each fine-tune reports
+        report = ctx.epoch_reporter(tunes * per_tune) if tunes else None
         for step in range(cfg.iterative_steps):
             if cfg.importance == "taylor":
                 _accumulate_gradients(model, ctx)
             pruner.step()
             model.zero_grad(set_to_none=True)
-            _update_attentions(attentions, pruner)
-            if cfg.finetune_epochs and step < cfg.iterative_steps - 1 and not ctx.structure_only:
-                fit(model, ctx.data, epochs=cfg.finetune_epochs, lr=1e-3, seed=ctx.seed + step,
-                    batch_size=ctx.batch_size, device=ctx.device)
+            resize_attentions(attentions, pruner.num_heads)
+            if step < tunes:
+                fit(model, ctx, epochs=cfg.finetune_epochs, lr=1e-3, seed=ctx.seed + step,
+                    on_epoch=lambda epoch, net, done=step * per_tune: report(done + epoch, net))
                 model.cpu()
         return model.eval()
 
@@ -126,37 +139,6 @@ def _importance(name: str):
     if name == "lamp":
         return tp.importance.LAMPImportance(p=2)
     return tp.importance.TaylorImportance()
-
-
-def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Multi-head attentions with a fused ``qkv`` linear (timm ``Attention`` and its kin)."""
-    return [m for m in model.modules()
-            if isinstance(getattr(m, "qkv", None), torch.nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
-
-
-def _update_attentions(attentions: list[torch.nn.Module], pruner: tp.pruner.MetaPruner) -> None:
-    """Rewrites the sizes each attention derives from ``qkv`` after its channels were pruned."""
-    for attn in attentions:
-        heads = pruner.num_heads.get(attn.qkv, attn.num_heads)
-        width = attn.qkv.out_features // 3
-        if heads < 1 or width % heads:
-            raise RuntimeError(f"pruned attention has qkv width {width} for {heads} heads")
-        attn.num_heads = heads
-        attn.head_dim = width // heads
-        if hasattr(attn, "attn_dim"):
-            attn.attn_dim = width
-        if hasattr(attn, "scale"):
-            # Fused attention (scaled_dot_product_attention) scales by the new head width; the
-            # unfused path uses ``scale``: keep both paths identical.
-            attn.scale = attn.head_dim ** -0.5
-
-
-def _classifiers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, torch.nn.Module) and not isinstance(head, torch.nn.Identity):
-        return [head]
-    last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
-    return last
 
 
 def _accumulate_gradients(model: torch.nn.Module, ctx: TrialContext, batches: int = 4) -> None:

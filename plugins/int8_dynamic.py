@@ -9,8 +9,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.measure.runtimes import export_onnx, quiet
+from autocompress.plugin import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import export_onnx, quiet
 
 
 class Int8Dynamic(Plugin):
@@ -46,6 +46,7 @@ class Int8Dynamic(Plugin):
         "ops": ["matmul_conv", "matmul"],
         "per_channel": [True, False],
     }
+    stronger = {"ops": ["matmul_conv", "matmul"], "per_channel": "any", "reduce_range": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Exports ``model`` to ONNX and quantizes its weights to int8.

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import onnx
 import torch
 from pydantic import Field
 
-from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.plugin.registry import plugin_module
-from autocompress.measure.runtimes import export_onnx
+from autocompress.plugin import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import export_onnx, quantize_onnx_static
 
 STAGES = 5
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -55,6 +53,8 @@ class Int8Mixed(Plugin):
 
     search_space = {f"stage{i}": ["int8", "float"] for i in range(STAGES)}
     probe_ignores = frozenset({"calibration", "calibration_batches"})
+    stronger = {**{f"stage{i}": ["int8", "float"] for i in range(STAGES)},
+                "calibration": "any", "calibration_batches": "any", "per_channel": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Exports ``model``, maps its nodes to stages and quantizes the int8 stages.
@@ -74,11 +74,9 @@ class Int8Mixed(Plugin):
         def exclude(prepared_graph):
             return [n for n, s in _propagate(prepared_graph, stages).items() if s in float_stages]
 
-        static = plugin_module(Path(__file__).with_name("int8_static.py"))
-        out = static.quantize_onnx_static(
+        out = quantize_onnx_static(
             float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
-            calibration_batches=1 if ctx.structure_only else cfg.calibration_batches, per_channel=cfg.per_channel,
-            exclude=exclude)
+            calibration_batches=cfg.calibration_batches, per_channel=cfg.per_channel, exclude=exclude)
         float_path.unlink(missing_ok=True)
         return Artefact(out, "onnxruntime", "mixed" if float_stages else "int8")
 

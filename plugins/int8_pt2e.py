@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.measure.runtimes import quiet
+from autocompress.plugin import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import quiet
 
 
 class Int8PT2E(Plugin):
@@ -46,6 +46,7 @@ class Int8PT2E(Plugin):
         "calibration_batches": {"low": 2, "high": 16, "step": 2},
     }
     probe_ignores = frozenset({"calibration_batches"})
+    stronger = {"calibration_batches": "any", "dynamic": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Quantizes ``model`` with PT2E and saves it as an int8 ``torch.export`` program.
@@ -66,8 +67,7 @@ class Int8PT2E(Plugin):
             quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=cfg.dynamic))
             prepared = prepare_pt2e(captured, quantizer)
             with torch.no_grad():
-                for x, _ in ctx.data.train.batches(ctx.batch_size, shuffle=True, seed=ctx.seed,
-                                                   limit=(1 if ctx.structure_only else cfg.calibration_batches) * ctx.batch_size):
+                for x in ctx.calibration_inputs(cfg.calibration_batches):
                     prepared(x)
             converted = convert_pt2e(prepared)
             strip_unused_tensors(converted)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch.nn.utils import parametrize
 
-from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.plugin.teacher import kd_loss
-from autocompress.models import fit
-from autocompress.plugin.registry import plugin_module
-from autocompress.measure.runtimes import export_onnx
+from autocompress.plugin import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import fit, kd_loss, static_int8
 
 QUANTIZED_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 
@@ -77,6 +73,8 @@ class Int8QAT(Plugin):
         "alpha": {"low": 0.0, "high": 0.9},
     }
     probe_ignores = frozenset({"epochs", "lr", "alpha", "temperature", "ema", "calibration", "calibration_batches"})
+    stronger = {"epochs": "any", "lr": "any", "alpha": "any", "temperature": "any", "quantize_activations": "any",
+                "ema": "any", "calibration": "any", "calibration_batches": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Fine-tunes ``model`` with fake int8 quantization and saves it as an int8 ONNX model.
@@ -93,8 +91,8 @@ class Int8QAT(Plugin):
         try:
             teacher = ctx.frozen_teacher() if cfg.alpha > 0 else None
             if not ctx.structure_only:  # a latency/size probe: the trained values do not matter
-                fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                    device=ctx.device, loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
+                fit(model, ctx, epochs=cfg.epochs, lr=cfg.lr,
+                    loss_fn=kd_loss(teacher, temperature=cfg.temperature, alpha=cfg.alpha),
                     on_epoch=ctx.epoch_reporter(cfg.epochs), weight_decay=0.0)
         finally:
             for act in acts:
@@ -103,13 +101,8 @@ class Int8QAT(Plugin):
             for layer in layers:
                 if parametrize.is_parametrized(layer, "weight"):
                     parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-        float_path = export_onnx(model.eval(), ctx.example_input, ctx.workdir / "float.onnx")
-        static = plugin_module(Path(__file__).with_name("int8_static.py"))
-        out = static.quantize_onnx_static(
-            float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
-            calibration_batches=1 if ctx.structure_only else cfg.calibration_batches, per_channel=True, weight_symmetric=True)
-        float_path.unlink(missing_ok=True)
-        return Artefact(out, "onnxruntime", "int8")
+        return static_int8(model.eval(), ctx, calibration=cfg.calibration,
+                           calibration_batches=cfg.calibration_batches, per_channel=True, weight_symmetric=True)
 
 
 class FakeQuantWeight(torch.nn.Module):

@@ -1,25 +1,18 @@
 """Static int8 post-training quantization for ONNX Runtime (QDQ, calibrated activations).
 
-Besides the plugin, this file holds :func:`quantize_onnx_static`, the calibrate-and-quantize
-step that the other ONNX Runtime int8 plugins (``int8_mixed``, ``int8_qat``) reuse.
+The calibrate-and-quantize step lives in :func:`autocompress.plugin.helpers.quantize_onnx_static`,
+shared with the other ONNX Runtime int8 plugins (``int8_mixed``, ``int8_qat``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
-import numpy as np
-import onnx
 import torch
 from pydantic import Field
 
-from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.measure.runtimes import export_onnx, quiet
-
-COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
-# ORT has no integer kernel for these; quantizing around them only adds rounding error.
-ALWAYS_FLOAT_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "BatchNormalization"})
+from autocompress.plugin import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import first_last_compute, static_int8
 
 
 class Int8Static(Plugin):
@@ -68,6 +61,9 @@ class Int8Static(Plugin):
         "calibration_batches": {"low": 2, "high": 16, "step": 2},
     }
     probe_ignores = frozenset({"calibration", "percentile", "calibration_batches", "moving_average"})
+    stronger = {"calibration": "any", "percentile": "any", "calibration_batches": "any", "per_channel": "any",
+                "keep_first_last_float": [False, True], "ops": ["all", "compute"], "weight_symmetric": "any",
+                "activation_symmetric": "any", "moving_average": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Exports ``model`` to ONNX, calibrates on training batches and quantizes it.
@@ -76,77 +72,10 @@ class Int8Static(Plugin):
             An ``onnxruntime`` artefact of precision ``int8``.
         """
         cfg = self.config
-        float_path = export_onnx(model, ctx.example_input, ctx.workdir / "float.onnx")
-        out = quantize_onnx_static(
-            float_path, ctx, ctx.workdir / "model.int8.onnx", calibration=cfg.calibration,
-            percentile=cfg.percentile, calibration_batches=1 if ctx.structure_only else cfg.calibration_batches, per_channel=cfg.per_channel,
-            exclude=_first_last if cfg.keep_first_last_float else None, ops=cfg.ops,
+        return static_int8(
+            model, ctx, calibration=cfg.calibration, percentile=cfg.percentile,
+            calibration_batches=cfg.calibration_batches, per_channel=cfg.per_channel,
+            exclude=first_last_compute if cfg.keep_first_last_float else None, ops=cfg.ops,
             weight_symmetric=cfg.weight_symmetric, activation_symmetric=cfg.activation_symmetric,
             moving_average=cfg.moving_average,
         )
-        float_path.unlink(missing_ok=True)
-        return Artefact(out, "onnxruntime", "int8")
-
-
-def quantize_onnx_static(
-    float_path: Path, ctx: TrialContext, out: Path, *, calibration: str = "minmax", percentile: float = 99.999,
-    calibration_batches: int = 8, per_channel: bool = True, exclude=None, ops: str = "all",
-    weight_symmetric: bool = True, activation_symmetric: bool = False, moving_average: bool = False,
-) -> Path:
-    """Calibrates and quantizes a float ONNX file into a QDQ int8 ONNX file.
-
-    Args:
-        float_path: The float model (as written by :func:`autocompress.measure.runtimes.export_onnx`).
-        ctx: Its training split gives the calibration batches.
-        out: Where to write the quantized model.
-        exclude: ``exclude(prepared_graph) -> node names`` to keep float, or ``None``.
-        Others: as :class:`Int8Static`'s ``Config``.
-
-    Returns:
-        ``out``.
-    """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
-    from onnxruntime.quantization.registry import QDQRegistry
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = Path(out).with_name(Path(out).stem + ".prepared.onnx")
-    with quiet():
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-    batches = [x.numpy() for x, _ in ctx.data.train.batches(
-        ctx.batch_size, shuffle=True, seed=ctx.seed, limit=calibration_batches * ctx.batch_size)]
-    # ORT's histogram calibrators (percentile, entropy) stack the batches: keep equal sizes only
-    batches = [b for b in batches if b.shape[0] == batches[0].shape[0]]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(batches)
-
-        def get_next(self):
-            batch = next(self._it, None)
-            return None if batch is None else {"input": batch.astype(np.float32)}
-
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[calibration]
-    extra: dict = {"WeightSymmetric": weight_symmetric, "ActivationSymmetric": activation_symmetric}
-    if calibration == "percentile":
-        extra["CalibPercentile"] = percentile
-    if calibration == "minmax" and moving_average:
-        extra["CalibMovingAverage"] = True
-    op_types = COMPUTE_OPS if ops == "compute" else sorted(set(QDQRegistry) - ALWAYS_FLOAT_OPS)
-    nodes_to_exclude = list(exclude(onnx.load(str(prepared)).graph)) if exclude is not None else []
-    with quiet():
-        quantize_static(
-            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-            op_types_to_quantize=list(op_types), nodes_to_exclude=nodes_to_exclude, extra_options=extra,
-        )
-    prepared.unlink(missing_ok=True)
-    for leftover in Path(out).parent.glob("augmented_model*.onnx"):
-        leftover.unlink(missing_ok=True)
-    return Path(out)
-
-
-def _first_last(graph: onnx.GraphProto) -> Iterable[str]:
-    compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
-    return [compute[0], compute[-1]] if len(compute) >= 2 else compute

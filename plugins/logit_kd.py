@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.plugin.teacher import kd_loss
-from autocompress.models import fit
+from autocompress.plugin import Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import fit, kd_loss
 
 ADAPTER = "_kd_feature_adapter"
 
@@ -57,6 +56,8 @@ class LogitKD(Plugin):
         "epochs": {"low": 1, "high": 4, "step": 1},
         "lr": [1e-4, 3e-4, 1e-3, 3e-3],  # 1e-4..3e-4 for pretrained bases, 1e-3.. for ones trained briefly
     }
+    stronger = {"temperature": "any", "alpha": "any", "epochs": "any", "lr": "any", "feature_weight": "any",
+                "feature_stage": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Fine-tunes ``model`` towards the teacher.
@@ -67,6 +68,8 @@ class LogitKD(Plugin):
         """
         if ctx.teacher is None:
             raise ValueError("logit_kd needs the base model as teacher")
+        if ctx.structure_only:  # distillation changes no structure: a probe has nothing to measure here
+            return model
         cfg = self.config
         teacher = ctx.teacher.to(ctx.device).eval()
         features = FeatureMatch(model, teacher, cfg.feature_stage, ctx) if cfg.feature_weight > 0 else None
@@ -75,8 +78,8 @@ class LogitKD(Plugin):
                           temperature=cfg.temperature, alpha=cfg.alpha,
                           extra=(lambda: cfg.feature_weight * features.loss()) if features is not None else None)
         try:
-            out = fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                      device=ctx.device, loss_fn=loss_fn, on_epoch=ctx.epoch_reporter(cfg.epochs))
+            out = fit(model, ctx, epochs=cfg.epochs, lr=cfg.lr, loss_fn=loss_fn,
+                      on_epoch=ctx.epoch_reporter(cfg.epochs))
         finally:
             if features is not None:
                 features.remove()
@@ -87,7 +90,7 @@ class FeatureMatch:
     """Captures one feature stage of student and teacher and scores their distance.
 
     The adapter (when channel counts differ) is registered as a submodule of the student
-    while training, so the optimizer of :func:`autocompress.models.fit` trains it too;
+    while training, so the optimizer of :func:`autocompress.plugin.helpers.fit` trains it too;
     :meth:`remove` detaches it and the hooks.
     """
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from autocompress import Artefact, Plugin, PluginConfig, Stage, TrialContext
-from autocompress.measure.runtimes import export_onnx, quiet, save_openvino_ir
+from autocompress.plugin import Artefact, Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import export_onnx, quiet, save_openvino_ir
 
 COMPUTE_TYPES = ("Convolution", "GroupConvolution", "MatMul")
 
@@ -61,6 +61,9 @@ class NncfInt8(Plugin):
         "ignore_first_last": [False, True],
     }
     probe_ignores = frozenset({"subset_size", "fast_bias_correction"})
+    stronger = {"subset_size": "any", "preset": "any", "fast_bias_correction": "any",
+                "ignore_first_last": [False, True], "model_type": "any", "accuracy_control": [False, True],
+                "max_drop_pp": "high", "validation_samples": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> Artefact:
         """Converts ``model`` to OpenVINO, quantizes it with NNCF and saves the IR.
@@ -79,7 +82,7 @@ class NncfInt8(Plugin):
         onnx_path.unlink(missing_ok=True)
 
         # a structure probe (latency, size) needs the int8 graph, not good ranges
-        subset = min(cfg.subset_size, 16) if ctx.structure_only else cfg.subset_size
+        subset = ctx.calibration_size(cfg.subset_size, probe=16)
         calibration = nncf.Dataset(_images(ctx.data.train.batches(
             ctx.batch_size, shuffle=True, seed=ctx.seed, limit=subset)))
         kwargs = dict(

@@ -6,15 +6,14 @@ zeroed filters are removed for real."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch_pruning as tp
 from pydantic import Field
 
-from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.plugin.teacher import kd_loss
-from autocompress.models import fit
+from autocompress.plugin import Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import classifier_layers, fit, fused_attentions, kd_loss, resize_attentions
 
 _OUT_FNS = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_depthwise_conv_out_channels,
             tp.pruner.function.prune_linear_out_channels)
@@ -75,12 +74,9 @@ class SoftFilterPrune(Plugin):
         "epochs": {"low": 1, "high": 3, "step": 1},
     }
 
-    @classmethod
-    def strongest(cls, space: dict[str, Any]) -> dict[str, Any]:
-        """The highest ratio with the shortest fine-tune: the structure does not depend on epochs."""
-        out = super().strongest(space)
-        out["epochs"] = 0.05
-        return out
+    # the structure depends on the ratio alone: a probe takes the shortest schedule (and trains nothing)
+    stronger = {"ratio": "high", "epochs": "low", "lr": "any", "norm": "any", "round_to": "low",
+                "max_layer_ratio": "high", "temperature": "any", "alpha": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Soft-prunes while fine-tuning, then removes the zeroed filters.
@@ -111,8 +107,7 @@ class SoftFilterPrune(Plugin):
         model.cpu()
         soft_prune(model, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to, max_layer_ratio=cfg.max_layer_ratio)
         if not ctx.structure_only:  # a latency/size probe: the kept channels' count is what matters
-            fit(model, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                device=ctx.device, loss_fn=loss_fn, on_epoch=on_epoch)
+            fit(model, ctx, epochs=cfg.epochs, lr=cfg.lr, loss_fn=loss_fn, on_epoch=on_epoch)
         model.cpu().eval()
         hard_prune(model, example, cfg.ratio, p=_p(cfg.norm), round_to=cfg.round_to, max_layer_ratio=cfg.max_layer_ratio)
         return model.eval()
@@ -171,16 +166,10 @@ def hard_prune(model: torch.nn.Module, example: torch.Tensor, ratio: float, *, p
                max_layer_ratio: float = 0.9) -> torch.nn.Module:
     """Removes the lowest-norm filters (the zeroed ones after :func:`soft_prune`) in place."""
     model.eval()
-    attentions = _attentions(model)
+    attentions = fused_attentions(model)
     pruner = _pruner(model, example, ratio, p, round_to, max_layer_ratio)
     pruner.step()
-    for attn in attentions:
-        width = attn.qkv.out_features // 3
-        attn.head_dim = width // attn.num_heads
-        if hasattr(attn, "attn_dim"):
-            attn.attn_dim = width
-        if hasattr(attn, "scale"):
-            attn.scale = attn.head_dim ** -0.5
+    resize_attentions(attentions)
     return model
 
 
@@ -200,22 +189,10 @@ def _pruner(model, example, ratio, p, round_to, max_layer_ratio) -> tp.pruner.Me
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         return tp.pruner.MetaPruner(
             model, example, importance=FilterNormImportance(p), pruning_ratio=ratio, global_pruning=False,
-            max_pruning_ratio=max_layer_ratio, round_to=round_to, ignored_layers=_classifiers(model),
-            num_heads={a.qkv: a.num_heads for a in _attentions(model)}, prune_head_dims=True, prune_num_heads=False,
+            max_pruning_ratio=max_layer_ratio, round_to=round_to, ignored_layers=classifier_layers(model),
+            num_heads={a.qkv: a.num_heads for a in fused_attentions(model)}, prune_head_dims=True, prune_num_heads=False,
         )
 
 
 def _p(norm: str) -> int:
     return 1 if norm == "l1" else 2
-
-
-def _attentions(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules()
-            if isinstance(getattr(m, "qkv", None), torch.nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
-
-
-def _classifiers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, torch.nn.Module) and not isinstance(head, torch.nn.Identity):
-        return [head]
-    return [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]

@@ -6,13 +6,10 @@ import timm
 import torch
 from pydantic import Field, field_validator
 
-from autocompress import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.config.schema import ModelConfig
-from autocompress.plugin.teacher import kd_loss
-from autocompress.measure.accuracy import count_params
-from autocompress.models import create_model, fit
+from autocompress.plugin import Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin.helpers import count_params, create_student, fit, kd_loss
 
-# Smallest first: the search treats the first choice as the most compressing.
+# Smallest first: ``stronger`` ranks them so.
 DEFAULT_STUDENTS = ["mobilenetv3_small_050", "mobilenetv3_small_100", "efficientnet_lite0", "resnet10t"]
 
 
@@ -67,6 +64,8 @@ class StudentKD(Plugin):
         "lr": {"low": 1e-3, "high": 1e-2, "log": True},
         "alpha": {"low": 0.3, "high": 0.9},
     }
+    stronger = {"student": list(DEFAULT_STUDENTS), "pretrained": "any", "temperature": "any", "alpha": "any",
+                "epochs": "any", "lr": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Builds the student, distills the teacher into it and returns it (the input is discarded).
@@ -82,14 +81,13 @@ class StudentKD(Plugin):
         with torch.no_grad():
             num_classes = int(teacher(ctx.example_input[:1].to(ctx.device)).shape[-1])
         torch.manual_seed(ctx.seed)
-        student = create_model(ModelConfig(name=cfg.student, img_size=img_size, pretrained=cfg.pretrained,
-                                           train_epochs=0), num_classes)
+        student = create_student(cfg.student, num_classes=num_classes, img_size=img_size, pretrained=cfg.pretrained)
         if count_params(student) >= count_params(teacher):
             ctx.log(f"student_kd: {cfg.student} ({count_params(student)} parameters) is not smaller than the teacher "
                     f"({count_params(teacher)})")
         if ctx.structure_only:  # a latency/size probe: the student's architecture is all that matters
             return student.eval()
-        return fit(student, ctx.data, epochs=cfg.epochs, lr=cfg.lr, seed=ctx.seed, batch_size=ctx.batch_size,
-                   device=ctx.device, loss_fn=kd_loss(ctx.frozen_teacher() if ctx.teacher is not None else teacher,
-                                                      temperature=cfg.temperature, alpha=cfg.alpha),
+        return fit(student, ctx, epochs=cfg.epochs, lr=cfg.lr,
+                   loss_fn=kd_loss(ctx.frozen_teacher() if ctx.teacher is not None else teacher,
+                                   temperature=cfg.temperature, alpha=cfg.alpha),
                    on_epoch=ctx.epoch_reporter(cfg.epochs)).cpu()

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from autocompress import Plugin, PluginConfig, Stage, TrialContext
+from autocompress.plugin import Plugin, PluginConfig, Stage, TrialContext
 
 
 class UnstructuredPrune(Plugin):
@@ -65,6 +65,8 @@ class UnstructuredPrune(Plugin):
         "sparsity": {"low": 0.7, "high": 0.95, "step": 0.05},
         "scope": ["global", "layer"],
     }
+    stronger = {"sparsity": "high", "scope": "any", "min_layer_params": "low", "prune_classifier": [True, False],
+                "keep_zeros": "any"}
 
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Zeroes weights of ``model`` in place and returns it.

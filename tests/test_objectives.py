@@ -21,7 +21,7 @@ from autocompress.errors import UserError
 from autocompress.measure.footprint import (EnergyMeter, EnergyTracker, count_int8_macs, count_macs, energy_meter,
                                     measure_memory, rapl_meter)
 from autocompress.measure.accuracy import measure_latency
-from autocompress.objectives.front import constraints, dominates, front, hypervolume
+from autocompress.objectives import constraints, dominates, front, hypervolume
 from autocompress.measure.runtimes import get_runtime
 from autocompress.plugin.testing import load_plugin, make_context, tiny_model
 from conftest import write_yaml

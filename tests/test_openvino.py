@@ -14,7 +14,7 @@ from autocompress.plugin.testing import make_context, tiny_model
 
 pytest.importorskip("openvino")
 
-from autocompress.measure.runtimes import RUNTIMES, get_runtime  # noqa: E402
+from autocompress.measure.runtimes import get_runtime  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
@@ -44,11 +44,16 @@ def test_ir_saved_reloaded_and_measured(tmp_path, name):
     assert torch.equal(alone(x), predict(x))
 
 
-def test_config_accepts_openvino():
-    from autocompress.config.schema import RunConfig
+def test_config_names_openvino_alone_or_beside_another_runtime():
+    from autocompress.config.schema import RunConfig, load_config
+    from autocompress.errors import UserError
 
-    assert RunConfig.model_validate({"device": {"runtime": "openvino"}}).device.runtime == "openvino"
-    assert "openvino" in RUNTIMES
+    assert RunConfig.model_validate({"device": {"runtime": "openvino"}}).device.runtimes == ["openvino"]
+    both = RunConfig.model_validate({"device": {"runtime": ["onnxruntime", "openvino"]}}).device
+    assert both.runtimes == ["onnxruntime", "openvino"]
+    assert get_runtime(both.runtimes[1]).suffix == ".xml"
+    with pytest.raises(UserError, match=r"device\.runtime.*'openvinoo'.*allowed: onnxruntime, torch, openvino"):
+        load_config(overrides={"device.runtime": "openvinoo"})
 
 
 _BLOCKED = textwrap.dedent("""

@@ -41,7 +41,7 @@ def test_an_append_after_a_torn_line_starts_a_new_line(tmp_path):
 
 def test_the_latency_ratio_budget_judges_the_ratio_timed_beside_the_base_not_milliseconds():
     from autocompress.config.schema import BudgetConfig
-    from autocompress.objectives.front import constraints
+    from autocompress.objectives import constraints
 
     budget = BudgetConfig(max_latency_ms=None, max_size_mb=None, max_accuracy_drop=None, max_latency_vs_base=0.75)
     slow_machine = {"metrics": {"accuracy": 80.0, "latency_ms": 9.0, "size_mb": 1.0, "latency_vs_base": 0.6}}

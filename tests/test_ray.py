@@ -149,6 +149,10 @@ def test_search_on_ray_has_the_same_shape_as_in_process(ray_cluster, tmp_path, t
     assert sorted(pa["front"][0]) == sorted(pb["front"][0])
     states = [t.state for t in study_of(remote).trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 6
+    # the base is measured where the trials are: on a Ray worker, under the node's measurement slot
+    base = json.loads((remote / "base.json").read_text())
+    assert base["measure_slot"] == "node" and base["node_id"] and base["worker_pid"] != os.getpid()
+    assert json.loads((local / "base.json").read_text())["worker_pid"] == os.getpid()
 
 
 def test_faults_are_recorded_and_a_killed_worker_is_retried_once(ray_cluster, tmp_path, tiny_config_dict):
@@ -207,9 +211,9 @@ def test_time_limit_is_honoured_within_one_trial(ray_cluster, tmp_path, tiny_con
     assert timeout <= elapsed <= timeout + longest + 3, (elapsed, longest)
     assert all(r["finished"] - search.progress.started <= timeout + longest + 1 for r in rows)
     assert 0 < len(done) < 200
-    hung = next(r for r in rows if r["number"] == 0)
-    assert hung["number"] == 0 and hung["state"] == "fail" and hung["interrupted"]
-    assert hung["reason"] == "cancelled at time limit"
+    hung = [r for r in rows if r["number"] == 0]
+    assert len(hung) == 1, "trial 0 (the one that hangs) is recorded once"
+    assert hung[0]["state"] == "fail" and hung[0]["interrupted"] and hung[0]["reason"] == "cancelled at time limit"
     # the other worker's trial may still be running at the limit too (one that takes longer than the
     # median the controller starts it on): it is cancelled and re-queued the same way, nothing else is
     cancelled = [r for r in rows if r.get("interrupted")]
@@ -217,7 +221,7 @@ def test_time_limit_is_honoured_within_one_trial(ray_cluster, tmp_path, tiny_con
     assert pareto["trials_interrupted"] == len(cancelled) and pareto["trials_failed"] == 0
     study = study_of(tmp_path / "run")
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    requeued = sorted(json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in waiting)
+    requeued = sorted(json.dumps(t.user_attrs["requeued"], sort_keys=True) for t in waiting)
     assert requeued == sorted(json.dumps(study.trials[r["number"]].params, sort_keys=True) for r in cancelled)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     pid = int((plugins / "pids" / "t-0.pid").read_text())

@@ -184,7 +184,7 @@ def test_resume_reconciles_a_crash_between_the_writes(tmp_path, tiny_config_dict
     study = study_of(run)
     trial = study.ask()
     stored = {**first, "number": trial.number}
-    study._storage.set_trial_user_attr(trial._trial_id, "record", stored)
+    trial.set_user_attr("record", stored)
     assert study.trials[trial.number].state == optuna.trial.TrialState.RUNNING
 
     config.search.trials = 3

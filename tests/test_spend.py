@@ -9,9 +9,10 @@ import pytest
 
 from autocompress.config.schema import BudgetConfig, RunConfig
 from autocompress.search.controller import Search
+from autocompress.trial import TrialRecord
 from autocompress.data import load_data
 from autocompress.measure.accuracy import top1
-from autocompress.objectives.front import constraints
+from autocompress.objectives import constraints
 from autocompress.plugin.contract import Artefact
 from autocompress.measure.runtimes import get_runtime
 from autocompress.trial.pipeline import run_trial
@@ -85,13 +86,17 @@ def test_a_structure_over_the_latency_ratio_budget_never_starts_its_fine_tune(pr
 
 
 def test_a_size_stop_is_told_to_optuna_as_infeasible_with_its_figures(tmp_path, tiny_config_dict):
-    space = {"distill": {"logit_kd": {"epochs": 3}}}   # the base's structure: 1.5 MB
+    # the most compressed structure (pruned 60 %) meets 1 MB, so the check before the search lets the run
+    # start; the warm start makes its first trial the base's structure, 1.5 MB, over it
+    space = {"prune": {"none": {}, "channel_prune": {"ratio": 0.6}}, "distill": {"logit_kd": {"epochs": 3}},
+             "warm_start": [{"distill": "logit_kd"}]}
     config = _config(tmp_path, tiny_config_dict, space, **{"budget.max_size_mb": 1.0})
     config.search.trials = 1
-    search = Search(config=config, run_dir=tmp_path / "run")
-    search._check_budget = lambda: None   # the budget check would refuse this space outright
-    search.search()
+    Search(config=config, run_dir=tmp_path / "run").search()
+    probe = json.loads((tmp_path / "run" / "probe.json").read_text())
+    assert probe["choices"]["prune"][0] == "channel_prune" and probe["metrics"]["size_mb"] <= 1.0
     record = json.loads((tmp_path / "run" / "trials.jsonl").read_text().splitlines()[0])
+    assert record["choices"]["prune"][0] == "none" and record["metrics"]["size_mb"] > 1.0
     assert record["stopped"]["stage"] == "structure" and record["feasible"] is False
     assert record["constraints"]["size"] == pytest.approx(record["metrics"]["size_mb"] / 1.0 - 1.0, abs=1e-5)
     study = optuna.load_study(study_name=config.search.study_name, storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
@@ -144,8 +149,9 @@ def test_curves_stopped_after_training_are_history_and_ones_stopped_during_it_ar
         900: {"state": "complete", "curve": whole},
         901: {"state": "pruned", "curve": whole, "stopped": {"rule": "floor", "after_training": True}},
         902: {"state": "pruned", "curve": cut, "stopped": {"rule": "halving"}},
-        903: {"state": "complete", "curve": hit, "cache": {"hit": True}},
+        903: {"state": "complete", "curve": hit, "cache": {"key": "k", "kind": "model", "hit": True}},
     }
+    records = {n: TrialRecord.from_json({"number": n, "choices": {}, "started": 0.0, **r}, "test") for n, r in records.items()}
     saved = prepared.records
     prepared.records = records
     try:
@@ -198,12 +204,12 @@ def test_a_cached_fine_tune_is_reused_and_a_corrupt_entry_is_rebuilt(prepared):
     run = prepared.run.path
     first = run_trial(_spec(prepared, 10, PRUNE_KD))
     assert first["cache"]["hit"] is False and first["cache"]["stored"] is True and first["durations"]["distill"] > 0
-    entries = sorted((run / "cache").glob("*.safetensors"))
+    entries = sorted((run / "cache" / "models" / first["cache"]["key"]).glob("*.safetensors"))
     assert len(entries) == 1
 
     int8 = dict(PRUNE_KD, quantize=["int8_static", {"calibration_batches": 2}])
     second = run_trial(_spec(prepared, 11, int8))
-    assert second["cache"] == {"key": first["cache"]["key"], "hit": True, "kind": "model", "from_trial": 10,
+    assert second.cache.model_dump(exclude_none=True) == {"key": first["cache"]["key"], "hit": True, "kind": "model", "from_trial": 10,
                                "saved_s": pytest.approx(second["cache"]["saved_s"])}
     assert "distill" not in second["durations"] and "prune" not in second["durations"]
     assert second["curve"] == first["curve"] and second["metrics"]["precision"] == "int8"
@@ -269,11 +275,11 @@ def test_a_probed_structure_is_reused_and_a_bad_memo_probed_again(prepared):
     per_tensor = dict(pruned, quantize=["int8_static", {"calibration_batches": 2, "per_channel": False}])
     assert "probe_from" not in run_trial(_spec(prepared, 26, per_tensor, budget=over))
 
-    memo = {json.loads(p.read_text())["trial"]: p for p in (prepared.run.path / "cache" / "probes").glob("*.json")}
+    memo = {json.loads(p.read_text())["meta"]["trial"]: p for p in (prepared.run.path / "cache" / "probes").glob("*.json")}
     memo[20].write_text("{not json")
     again = run_trial(_spec(prepared, 24, pruned, budget=over))
     assert "probe_from" not in again and again["metrics"]["size_bytes"] == first["metrics"]["size_bytes"]
-    assert json.loads(memo[20].read_text())["trial"] == 24
+    assert json.loads(memo[20].read_text())["meta"]["trial"] == 24
 
 
 def test_a_probe_within_budget_skips_accuracy_and_is_probed_again_when_a_budget_stops_it(prepared):
@@ -306,8 +312,10 @@ def test_a_trial_that_cannot_reach_the_front_stops(prepared):
 
 def test_the_front_handed_to_trials_holds_feasible_finished_trials_only(prepared):
     def rec(n, acc, lat, mb, feasible, state="complete"):
-        return {"number": n, "state": state, "feasible": feasible, "curve": [[1, acc]], "latency_vs_base": lat / 2,
-                "metrics": {"accuracy": acc, "latency_ms": lat, "size_mb": mb}}
+        return TrialRecord.from_json({
+            "number": n, "choices": {}, "started": 0.0, "state": state, "feasible": feasible, "curve": [[1, acc]],
+            "latency_vs_base": lat / 2, "metrics": {"accuracy": acc, "latency_ms": lat, "size_mb": mb, "size_bytes": int(mb * 1e6),
+                                                    "params": 1000, "precision": "fp32", "runtime": "onnxruntime"}}, "test")
 
     saved = dict(prepared.records)
     try:
@@ -337,9 +345,20 @@ def test_the_teacher_runs_once_per_batch_per_run_and_fine_tunes_train_exactly_as
     TeacherOutputs.forget()                                 # read from the run folder, as another worker would
     second = run_trial(_spec(prepared, 41, other, search_cfg=no_stop))
     assert second["cache"]["hit"] is False and second["durations"]["distill"] > 0
-    assert second["teacher_batches"] == {"reused": batches, "computed": 0, "corrupt_rebuilt": 0, "compute_s": 0.0}
+    assert second.teacher_batches.model_dump() == {"reused": batches, "computed": 0, "corrupt_rebuilt": 0, "compute_s": 0.0}
     assert first["teacher_batches"]["compute_s"] > 0
 
     plain = run_trial(_spec(prepared, 42, other, search_cfg={**no_stop, "cache": False}))
     assert "teacher_batches" not in plain
     assert plain["curve"] == second["curve"] and plain["metrics"]["accuracy"] == second["metrics"]["accuracy"]
+
+
+def test_only_configurations_that_train_are_probed_first(prepared):
+    one_shot = {"prune": ["channel_prune", {"ratio": 0.5}], "distill": ["none", {}], "quantize": ["none", {}]}
+    iterative = {"prune": ["channel_prune", {"ratio": 0.5, "iterative_steps": 2, "finetune_epochs": 1}],
+                 "distill": ["none", {}], "quantize": ["none", {}]}
+    once = run_trial(_spec(prepared, 60, one_shot, search_cfg={"cache": False}))
+    assert once["state"] == "complete" and once.probe is None and "structure_first" not in once["durations"]
+    tuned = run_trial(_spec(prepared, 61, iterative, search_cfg={"cache": False}))
+    assert tuned["state"] == "complete" and tuned.probe is not None and len(tuned["curve"]) == 1
+    assert tuned["metrics"]["size_bytes"] == pytest.approx(once["metrics"]["size_bytes"], rel=0.01)

@@ -46,6 +46,7 @@ class Sleepy(Plugin):
 
     search_space = {"mode": ["sleep", "broad", "bare", "slow_export", "blocked", "ok"],
                     "seconds": {"low": 0.0, "high": 60.0}}
+    stronger = {"mode": ["sleep"], "seconds": "high"}  # what the budget check probes: the longest sleep
 
     def apply(self, model, ctx):
         mode, seconds = self.config.mode, self.config.seconds

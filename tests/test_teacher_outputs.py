@@ -29,7 +29,7 @@ def test_a_batch_seen_before_is_read_back_exactly_and_the_teacher_does_not_run(t
     assert teacher.calls == 1 and store.computed == 1
     assert torch.equal(store(_batch(1)), first) and teacher.calls == 1 and store.reused == 1
     store(_batch(2))                                       # other bytes, other outputs
-    assert teacher.calls == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert teacher.calls == 2 and len(list(tmp_path.glob("*/outputs.safetensors"))) == 2
 
     TeacherOutputs.forget()                                # another process: from the files
     again = TeacherOutputs(teacher, tmp_path)
@@ -40,7 +40,7 @@ def test_a_corrupt_file_is_removed_and_the_teacher_runs_again(tmp_path):
     TeacherOutputs.forget()
     teacher = Counting().eval()
     expected = TeacherOutputs(teacher, tmp_path)(_batch(3))
-    (entry,) = tmp_path.glob("*.safetensors")
+    (entry,) = tmp_path.glob("*/outputs.safetensors")
     data = bytearray(entry.read_bytes())
     data[data.index(expected.numpy().tobytes()) + 1] ^= 0xFF   # a byte of the stored values
     entry.write_bytes(bytes(data))
@@ -59,7 +59,7 @@ def test_files_stop_being_added_at_the_cap_and_memory_stays_bounded(tmp_path, mo
     store = TeacherOutputs(teacher, tmp_path, max_bytes=1)
     store(_batch(4))
     store(_batch(5))
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1          # the first file reaches the cap
+    assert len(list(tmp_path.glob("*/outputs.safetensors"))) == 1   # the first entry reaches the cap
     monkeypatch.setattr(TeacherOutputs, "MEMORY_BYTES", 4 * 5 * 4 * 2)   # two outputs
     for seed in range(6, 10):
         store(_batch(seed))

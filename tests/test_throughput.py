@@ -3,10 +3,14 @@
 import pytest
 
 from autocompress.search.throughput import describe, throughput
+from autocompress.trial import TrialRecord
 
 
-def _rec(number, state="complete", duration=10.0, started=100.0, **extra):
-    return {"number": number, "state": state, "duration_s": duration, "started": started, **extra}
+def _rec(number, state="complete", duration=10.0, started=100.0, cache=None, **extra):
+    if cache is not None:
+        cache = {"key": f"k{number}", "kind": "model", **cache}
+    return TrialRecord.from_json({"number": number, "choices": {}, "state": state, "duration_s": duration,
+                                  "started": started, "cache": cache, **extra}, f"record {number}")
 
 
 def test_throughput_counts_decided_trials_stops_and_reuse():

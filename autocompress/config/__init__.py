@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from autocompress.config.schema import DataConfig, ModelConfig, OBJECTIVE_KEYS, PROJECT_ROOT, RunConfig, dump_config, load_config, missing_runtime_package
+from autocompress.config.schema import (
+    OBJECTIVE_KEYS,
+    PROJECT_ROOT,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    dump_config,
+    load_config,
+    missing_runtime_package,
+)
 
 __all__ = ['DataConfig', 'ModelConfig', 'OBJECTIVE_KEYS', 'PROJECT_ROOT', 'RunConfig', 'dump_config', 'load_config', 'missing_runtime_package']

@@ -33,9 +33,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from autocompress.device.protocol import (CONTENT_TYPE, DEFAULT_PORT, PREFIX, PROTOCOL, MeasureRequest, ProtocolError,
-                                         parse_header, refuse_non_model)
 from autocompress.device.machine import describe_target
+from autocompress.device.protocol import (
+    CONTENT_TYPE,
+    DEFAULT_PORT,
+    PREFIX,
+    PROTOCOL,
+    MeasureRequest,
+    ProtocolError,
+    parse_header,
+    refuse_non_model,
+)
 from autocompress.device.timing import time_interleaved
 
 VERSION = "0.1.0"

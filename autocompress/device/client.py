@@ -21,10 +21,17 @@ from http.client import parse_headers
 from pathlib import Path
 from typing import Any
 
-from autocompress.device.protocol import (CONTENT_TYPE, PROTOCOL, RUNTIME_KINDS, TOKEN_ENV, canonical_url, encode_header,
-                                         parse_agent_url)
-from autocompress.errors import UserError
+from autocompress.device.protocol import (
+    CONTENT_TYPE,
+    PROTOCOL,
+    RUNTIME_KINDS,
+    TOKEN_ENV,
+    canonical_url,
+    encode_header,
+    parse_agent_url,
+)
 from autocompress.device.timing import Latency
+from autocompress.errors import UserError
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection (a host that drops packets is not waited for longer)
 MAX_RESPONSE = 4 * 1024 * 1024

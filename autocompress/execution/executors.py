@@ -1,11 +1,12 @@
-"""Executors run trial specs and hand back plain records; the controller never runs a trial itself."""
+"""Executors run trial specs and hand back their records; the controller never runs a trial itself,
+nor the base's measurement or the budget probe: they run where trials run (:meth:`Executor.run`)."""
 
 from __future__ import annotations
 
 import abc
 import os
 
-from autocompress.trial import TrialSpec, run_trial
+from autocompress.trial import TrialRecord, TrialSpec, run_trial
 
 
 class Executor(abc.ABC):
@@ -18,7 +19,15 @@ class Executor(abc.ABC):
         """Starts a trial."""
 
     @abc.abstractmethod
-    def poll(self, timeout: float | None = None) -> list[dict]:
+    def run(self, spec: TrialSpec) -> TrialRecord:
+        """Runs one spec to its end, outside the queue of trials, where trials run; returns its record.
+
+        The base's measurement (trial -1) and the budget probe (trial -2) come this way, so on Ray
+        they are measured on a worker, under the same measurement slot as the trials.
+        """
+
+    @abc.abstractmethod
+    def poll(self, timeout: float | None = None) -> list[TrialRecord]:
         """Records of trials finished since the last poll (waits up to ``timeout`` for one)."""
 
     @abc.abstractmethod
@@ -39,14 +48,16 @@ class InProcessExecutor(Executor):
     slots = 1
 
     def __init__(self) -> None:
-        self._done: list[dict] = []
+        self._done: list[TrialRecord] = []
+
+    def run(self, spec: TrialSpec) -> TrialRecord:
+        record = run_trial(spec)
+        # where the figures came from, with the same fields as a Ray record
+        return record.set_execution(node_id=None, worker_pid=os.getpid(), measure_slot="in-process",
+                                    measure_wait_s=0.0 if record.state == "complete" else None, attempts=1)
 
     def submit(self, spec: TrialSpec) -> None:
-        record = run_trial(spec)
-        # where the figures came from, with the same keys as a Ray record
-        record.update(node_id=None, worker_pid=os.getpid(), measure_slot="in-process", attempts=1)
-        record.setdefault("measure_wait_s", 0.0 if record["state"] == "complete" else None)
-        self._done.append(record)
+        self._done.append(self.run(spec))
 
     def poll(self, timeout: float | None = None) -> list[dict]:
         done, self._done = self._done, []

@@ -1,7 +1,7 @@
 """Trials as Ray tasks: several at once, on one machine or a cluster.
 
 Each trial is one Ray task that calls :func:`autocompress.trial.pipeline.run_trial` on the plain
-spec dict and returns the plain record, so the controller sees the same records as
+spec dict and returns its typed record, so the controller sees the same records as
 in-process. What this module adds:
 
 * **Worker death.** A task whose worker process dies (SIGKILL, the OOM killer, a segfault
@@ -61,8 +61,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from autocompress.execution.executors import Executor
-from autocompress.trial import TrialSpec, trial_dir
-from autocompress.trial import STEP_FILE, StepTimeout, read_step_file
+from autocompress.trial import STEP_FILE, StepTimeout, TrialRecord, TrialSpec, read_step_file, trial_dir
 
 SLOT_PREFIX = "autocompress-measure-"
 _MAX_TEMP_DIR = 36  # Ray's socket paths add ~70 characters; unix sockets allow 107
@@ -279,7 +278,7 @@ def _materialise(paths: list[str], plugins: list[dict], folder) -> list[str]:
     return out
 
 
-def _trial_task(spec: dict, plugins: list[dict]) -> dict:
+def _trial_task(spec: dict, plugins: list[dict]) -> TrialRecord:
     """Body of the Ray task: one trial on this worker, measured under the node's slot."""
     import autocompress.trial.pipeline as trial_module
     from autocompress.trial import run_trial
@@ -302,9 +301,7 @@ def _trial_task(spec: dict, plugins: list[dict]) -> dict:
         record = run_trial(spec)
     finally:
         trial_module.measurement_lock = contextlib.nullcontext
-    info["attempts"] = len(list(out_dir.glob(".attempt-*")))
-    record.update(info)
-    return record
+    return record.set_execution(**info, attempts=len(list(out_dir.glob(".attempt-*"))))
 
 
 _remote_trial = ray.remote(_trial_task)
@@ -523,7 +520,7 @@ class RayExecutor(Executor):
             out.append(cached[1])
         return out
 
-    def submit(self, spec: TrialSpec) -> None:
+    def _launch(self, spec: TrialSpec) -> tuple[Any, dict, float]:
         self.connect()
         self._ensure_slots()
         data = spec.to_dict() if isinstance(spec, TrialSpec) else dict(spec)
@@ -532,9 +529,20 @@ class RayExecutor(Executor):
             num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial or None, max_retries=self.max_retries,
             retry_exceptions=False, name=f"trial-{data['number']}",
         ).remote(data, self._plugins(data.get("plugin_files", [])))
-        self._inflight[ref] = (data, time.time())
+        return ref, data, time.time()
 
-    def poll(self, timeout: float | None = None) -> list[dict]:
+    def submit(self, spec: TrialSpec) -> None:
+        ref, data, submitted = self._launch(spec)
+        self._inflight[ref] = (data, submitted)
+
+    def run(self, spec: TrialSpec) -> TrialRecord:
+        ref, data, submitted = self._launch(spec)
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as err:
+            return self._failed(data, submitted, err)
+
+    def poll(self, timeout: float | None = None) -> list[TrialRecord]:
         if not self._inflight:
             return []
         self._watch_steps()
@@ -548,10 +556,7 @@ class RayExecutor(Executor):
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayError as err:
-                out.append(self._failed(data, submitted, err))
-                timeout_err = self._timed_out.pop(ref, None)
-                if timeout_err is not None:
-                    out[-1].update(reason=timeout_err.reason, timed_out=timeout_err.to_dict())
+                out.append(self._failed(data, submitted, err, self._timed_out.pop(ref, None)))
             self._timed_out.pop(ref, None)
         return out
 
@@ -610,8 +615,8 @@ class RayExecutor(Executor):
         self._connected = False
         self._slot_actors.clear()
 
-    def _failed(self, data: dict, submitted: float, err: Exception) -> dict:
-        now = time.time()
+    def _failed(self, data: dict, submitted: float, err: Exception, timed_out: StepTimeout | None = None) -> TrialRecord:
+        """The record of a task that came back without one: cancelled, killed, or past its step limit."""
         if isinstance(err, ray.exceptions.TaskCancelledError):
             reason = "cancelled"
         elif isinstance(err, ray.exceptions.OutOfMemoryError):
@@ -626,9 +631,9 @@ class RayExecutor(Executor):
                       + (f": {text[0][:200]}" if text else ""))
         out_dir = trial_dir(Path(data["run_dir"]), data["number"])
         attempts = len(list(out_dir.glob(".attempt-*"))) if out_dir.is_dir() else 0
-        return {
-            "number": data["number"], "choices": data["choices"], "state": "fail", "reason": reason,
-            "host": None, "started": submitted, "structure_only": data.get("structure_only", False),
-            "finished": now, "duration_s": round(now - submitted, 3), "node_id": None, "worker_pid": None,
-            "measure_slot": None, "measure_wait_s": None, "attempts": attempts,
-        }
+        details = {"timed_out": timed_out.to_dict()} if timed_out is not None else {}
+        record = TrialRecord.failed(number=data["number"], choices=data["choices"], started=submitted,
+                                    reason=timed_out.reason if timed_out is not None else reason,
+                                    structure_only=data.get("structure_only", False), **details)
+        return record.set_execution(node_id=None, worker_pid=None, measure_slot=None, measure_wait_s=None,
+                                    attempts=attempts)

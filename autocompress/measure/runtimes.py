@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from autocompress.config import missing_runtime_package
+from autocompress.device import onnx_predictor, onnx_session, openvino_predictor
 from autocompress.errors import UserError
 from autocompress.measure.artefact import Artefact
-from autocompress.device import onnx_predictor, onnx_session, openvino_predictor
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 

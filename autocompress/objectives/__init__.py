@@ -2,6 +2,34 @@
 
 from __future__ import annotations
 
-from autocompress.objectives.front import BUDGET_METRICS, DEFAULT_OBJECTIVES, OBJECTIVES, OBJECTIVE_KEYS, TIMED, constraints, directions, dominates, front, has_objectives, hypervolume, metric_keys, objective_values, required_metrics
+from autocompress.objectives.budget import (
+                                           BUDGET_METRICS,
+                                           LATENCY_NOISE,
+                                           STOPPED_VIOLATION,
+                                           Unmet,
+                                           caps_figures,
+                                           constraints,
+                                           is_feasible,
+                                           probe_problem,
+                                           refusal,
+                                           required_metrics,
+                                           stopped_constraints,
+                                           structure_verdict,
+                                           vs_base,
+                                           within_budget,
+)
+from autocompress.objectives.front import (
+                                           DEFAULT_OBJECTIVES,
+                                           OBJECTIVE_KEYS,
+                                           OBJECTIVES,
+                                           TIMED,
+                                           directions,
+                                           dominates,
+                                           front,
+                                           has_objectives,
+                                           hypervolume,
+                                           metric_keys,
+                                           objective_values,
+)
 
-__all__ = ['BUDGET_METRICS', 'DEFAULT_OBJECTIVES', 'OBJECTIVES', 'OBJECTIVE_KEYS', 'TIMED', 'constraints', 'directions', 'dominates', 'front', 'has_objectives', 'hypervolume', 'metric_keys', 'objective_values', 'required_metrics']
+__all__ = ['BUDGET_METRICS', 'DEFAULT_OBJECTIVES', 'LATENCY_NOISE', 'OBJECTIVES', 'OBJECTIVE_KEYS', 'STOPPED_VIOLATION', 'TIMED', 'Unmet', 'caps_figures', 'constraints', 'directions', 'dominates', 'front', 'has_objectives', 'hypervolume', 'is_feasible', 'metric_keys', 'objective_values', 'probe_problem', 'refusal', 'required_metrics', 'stopped_constraints', 'structure_verdict', 'vs_base', 'within_budget']

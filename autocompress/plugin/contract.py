@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -76,7 +76,8 @@ class TrialContext:
             ``last``: the stage's last step, so the trial is compared with curves of the same
             schedule). It may raise :class:`autocompress.trial.early_stop.StopTrial` to end the trial
             early: let it propagate.
-        log: Callback for one line of progress.
+        log: Callback for one line about what the plugin did; in a trial the line goes to the
+            trial's ``log.txt`` and its record's ``plugin_log``.
         structure_only: Only latency and size will be measured (a cheap probe): skip training.
         teacher_outputs: ``teacher`` with its outputs kept per batch for the run (``search.cache``
             on a CPU run), or ``None``; plugins use it through :meth:`frozen_teacher`.
@@ -96,6 +97,22 @@ class TrialContext:
     structure_only: bool = False
     teacher_outputs: TeacherOutputs | None = None
     curve_images: int = VAL_SLICE
+
+    def calibration_size(self, count: int, *, probe: int = 1) -> int:
+        """How much to calibrate on: ``count``, or at most ``probe`` in a structure probe.
+
+        A probe measures only latency and size, which do not depend on how well ranges were
+        calibrated: a quantizer calibrates on ``ctx.calibration_size(cfg.calibration_batches)``
+        batches (or images, with ``probe`` sized to match) and stays quick there.
+        """
+        return max(1, min(count, probe)) if self.structure_only else count
+
+    def calibration_inputs(self, batches: int, *, probe: int = 1) -> list[torch.Tensor]:
+        """Training inputs to calibrate on: :meth:`calibration_size` batches of ``batch_size``,
+        shuffled with the run's seed (the same batches in every trial)."""
+        count = self.calibration_size(batches, probe=probe)
+        return [x for x, _ in self.data.train.batches(self.batch_size, shuffle=True, seed=self.seed,
+                                                       limit=count * self.batch_size)]
 
     def frozen_teacher(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The teacher as a function of a training batch, for :func:`autocompress.plugin.teacher.kd_loss`.
@@ -154,12 +171,19 @@ class Plugin(abc.ABC):
         runtimes: Runtimes whose artefacts it can produce; ``None`` = any (it returns a module).
         changes_structure: Whether latency and size depend on it (pruning, quantization)
             rather than only the weights' values (distillation).
-        fine_tunes: Whether it trains (minutes, not seconds): such trials have their structure
+        fine_tunes: Whether it can train (minutes, not seconds): such trials have their structure
             measured first and may be stopped early (it must skip training when
-            ``ctx.structure_only`` and report per-epoch accuracy through ``ctx.report``).
+            ``ctx.structure_only`` and report per-epoch accuracy through ``ctx.report``). A plugin
+            whose training depends on its parameters says which do in :meth:`trains`.
         probe_ignores: ``Config`` fields that change the weights but not the structure
             (calibration, a fine-tune's schedule): trials that differ only in them share one
             structure probe of latency and size.
+        stronger: For each searchable ``Config`` field, which values compress more (smaller or
+            faster), read by :meth:`strongest`: ``"high"`` (a larger value: a pruning ratio),
+            ``"low"`` (a smaller value: a bit width), ``"any"`` (latency and size do not depend
+            on it: a schedule, a calibration setting), or a list of values, most compressing
+            first (``["int8", "float"]``; values it does not list rank last). The contract suite
+            fails a plugin whose default ``search_space`` has a parameter missing here.
     """
 
     name: ClassVar[str]
@@ -170,6 +194,7 @@ class Plugin(abc.ABC):
     changes_structure: ClassVar[bool] = True
     fine_tunes: ClassVar[bool] = False
     probe_ignores: ClassVar[frozenset[str]] = frozenset()
+    stronger: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, config: PluginConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -180,21 +205,22 @@ class Plugin(abc.ABC):
         return cls(config=cls.Config.model_validate(params))
 
     @classmethod
-    def strongest(cls, space: dict[str, Any]) -> dict[str, Any]:
-        """Parameters of the most compressing configuration in ``space``.
+    def trains(cls, params: dict[str, Any]) -> bool:
+        """Whether this configuration of the plugin trains; :attr:`fine_tunes` unless overridden
+        (``channel_prune`` trains only between iterative pruning steps)."""
+        return cls.fine_tunes
 
-        Used to tell, before searching, whether any configuration can meet the budget.
-        The default takes each range's upper end and each list's first choice.
+    @classmethod
+    def strongest(cls, space: dict[str, Any]) -> dict[str, Any]:
+        """Parameters of the most compressing configuration in ``space``, by :attr:`stronger`.
+
+        Used to tell, before searching, whether any configuration can meet the budget (a
+        structure probe: nothing is trained). Per parameter: ``"high"`` takes a range's upper end
+        or the largest choice, ``"low"`` the lower end or the smallest choice, a list of values the
+        choice listed earliest; ``"any"``, and a parameter :attr:`stronger` does not name, takes
+        the lower end or the first choice. A fixed value stays.
         """
-        out = {}
-        for key, spec in space.items():
-            if isinstance(spec, dict) and "high" in spec:
-                out[key] = spec["high"]
-            elif isinstance(spec, dict) and "choices" in spec:
-                out[key] = spec["choices"][0]
-            else:
-                out[key] = spec
-        return out
+        return {key: strongest_value(spec, cls.stronger.get(key, "any")) for key, spec in space.items()}
 
     @abc.abstractmethod
     def apply(self, model: torch.nn.Module, ctx: TrialContext) -> "torch.nn.Module | Artefact":
@@ -210,3 +236,28 @@ class Plugin(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+DIRECTIONS = ("high", "low", "any")
+"""The words :attr:`Plugin.stronger` may use (besides a list of values, most compressing first)."""
+
+
+def strongest_value(spec: Any, direction: Any) -> Any:
+    """The most compressing value of one parameter's range, choices (a list or ``{"choices": [...]}``) or
+    fixed value (see :attr:`Plugin.stronger`)."""
+    if isinstance(spec, list):
+        spec = {"choices": spec}
+    if isinstance(spec, dict) and "low" in spec:
+        return spec["high"] if direction == "high" else spec["low"]
+    if isinstance(spec, dict) and "choices" in spec:
+        choices = list(spec["choices"])
+        if isinstance(direction, (list, tuple)):
+            order = list(direction)
+            return min(choices, key=lambda c: order.index(c) if c in order else len(order))
+        if direction in ("high", "low"):
+            try:
+                return max(choices) if direction == "high" else min(choices)
+            except TypeError:  # choices that do not compare (mixed types): keep the listed order
+                return choices[0]
+        return choices[0]
+    return spec

@@ -1,7 +1,8 @@
-"""Finding plugins: the ``autocompress.plugins`` entry-point group and a plugins folder.
+"""Finding plugins: the ``autocompress.plugins`` entry-point group, the shipped plugins and a plugins folder.
 
-Folder plugins are loaded by path (never as a top-level ``plugins`` package). Every
-plugin is validated when it registers, so a broken plugin stops the run before any trial.
+Folder plugins are loaded by path (never as a top-level ``plugins`` package). A ``--plugins-dir``
+adds to the shipped plugins; a name taken twice is an error. Every plugin is validated when it
+registers, so a broken plugin stops the run before any trial.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from autocompress.config import PROJECT_ROOT
 from autocompress.errors import UserError, describe_validation_error
-from autocompress.plugin.contract import NONE, Plugin, PluginConfig, Stage
+from autocompress.plugin.contract import DIRECTIONS, NONE, Plugin, PluginConfig, Stage
 
 ENTRY_POINT_GROUP = "autocompress.plugins"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -96,9 +97,34 @@ def contract_problem(cls: type) -> str | None:
     required = [f for f, info in config.model_fields.items() if info.is_required()]
     if required:
         return f"{name}: Config fields need defaults: {', '.join(required)}"
+    try:
+        config.model_validate(config().model_dump())
+    except ValidationError as err:
+        return describe_validation_error(err, config, prefix=f"{name}: Config default").replace(
+            "\n", " ") + " (a default must meet its own field's bounds)"
     unknown = set(getattr(cls, "probe_ignores", ())) - set(config.model_fields)
     if unknown:
         return f"{name}: probe_ignores names fields its Config lacks: {', '.join(sorted(unknown))}"
+    stronger = getattr(cls, "stronger", None)
+    if not isinstance(stronger, dict):
+        return f"{name}: stronger must be a mapping of Config fields to 'high', 'low', 'any' or a list of values"
+    unknown = set(stronger) - set(config.model_fields)
+    if unknown:
+        return f"{name}: stronger names fields its Config lacks: {', '.join(sorted(unknown))}"
+    for field_name, direction in stronger.items():
+        if not (direction in DIRECTIONS or (isinstance(direction, (list, tuple)) and direction)):
+            return (f"{name}: stronger.{field_name} is {direction!r}; allowed: 'high', 'low', 'any' or a list "
+                    "of values, most compressing first")
+    runtimes = getattr(cls, "runtimes", None)
+    if runtimes is not None:
+        from autocompress.measure import RUNTIMES
+
+        if not isinstance(runtimes, frozenset) or not runtimes or not runtimes <= set(RUNTIMES):
+            return (f"{name}: runtimes must be None or a non-empty frozenset of {', '.join(RUNTIMES)} "
+                    f"(got {runtimes!r})")
+    for flag in ("changes_structure", "fine_tunes"):
+        if not isinstance(getattr(cls, flag, None), bool):
+            return f"{name}: {flag} must be True or False (got {getattr(cls, flag, None)!r})"
     from autocompress.plugin.space import check_plugin_space
 
     try:
@@ -106,16 +132,6 @@ def contract_problem(cls: type) -> str | None:
     except UserError as err:
         return str(err)
     return None
-
-
-def plugin_module(path: Path | str):
-    """The module of a plugin file, loaded by path once per process (for plugins that share code)."""
-    path = Path(path)
-    module_name = f"autocompress_plugins_{path.stem}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    _load_file(path)
-    return sys.modules[module_name]
 
 
 def _load_file(path: Path) -> list[type[Plugin]]:
@@ -140,23 +156,32 @@ def _load_file(path: Path) -> list[type[Plugin]]:
     return found
 
 
-def default_plugins_dir() -> Path:
-    """``./plugins`` when the working folder has one, else the project's ``plugins/``."""
-    here = Path.cwd() / "plugins"
-    return here if here.is_dir() else PROJECT_ROOT / "plugins"
+def shipped_plugins_dir() -> Path:
+    """The project's ``plugins/``: the plugins every run has."""
+    return PROJECT_ROOT / "plugins"
+
+
+def plugin_files(folder: Path) -> list[Path]:
+    """The plugin files of a folder: ``*.py`` less ``_*.py``, ``test_*.py`` and ``conftest.py`` (a
+    plugin's test may sit beside it)."""
+    return [p for p in sorted(folder.glob("*.py"))
+            if not p.name.startswith(("_", "test_")) and p.name != "conftest.py"]
 
 
 def discover(plugins_dir: Path | str | None = None, *, entry_points: bool = True,
              files: Iterable[str] | None = None) -> Registry:
-    """Builds a registry from entry points and a plugins folder (or explicit files).
+    """Builds a registry from entry points, the shipped plugins and a plugins folder (or explicit files).
 
     Args:
-        plugins_dir: Folder of ``*.py`` plugin files; ``None`` = :func:`default_plugins_dir`.
+        plugins_dir: A folder of ``*.py`` plugin files added to the shipped ones
+            (:func:`shipped_plugins_dir`); see :func:`plugin_files` for what is skipped. A file there
+            with the name of a shipped file must be a byte-identical copy (it then stands in for it).
         entry_points: Also load the ``autocompress.plugins`` entry-point group.
-        files: Explicit plugin files instead of a folder (used by workers).
+        files: Exactly these plugin files instead of the shipped ones and a folder (used by workers).
 
     Raises:
-        UserError: The folder is missing, or a plugin is broken or clashes with another.
+        UserError: The folder is missing, or a plugin is broken or clashes with another (a shipped
+            plugin, an entry point, or another file of the folder).
     """
     registry = Registry()
     if entry_points:
@@ -167,14 +192,34 @@ def discover(plugins_dir: Path | str | None = None, *, entry_points: bool = True
                 raise UserError(f"plugin entry point {ep.name} ({ep.value}): failed to load: {err}") from None
             registry.register(cls, origin=f"entry point {ep.value}")
     if files is None:
-        folder = Path(plugins_dir) if plugins_dir is not None else default_plugins_dir()
-        if not folder.is_dir():
-            raise UserError(f"plugins_dir: folder not found: {folder}")
-        files = [str(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+        files = [str(p) for p in _folder_files(plugins_dir)]
     for file in files:
         for cls in _load_file(Path(file)):
             registry.register(cls, origin=str(Path(file).resolve()))
     return registry
+
+
+def _folder_files(plugins_dir: Path | str | None) -> list[Path]:
+    """The shipped plugin files, with those of ``plugins_dir`` added."""
+    shipped_dir = shipped_plugins_dir()
+    shipped = {p.name: p for p in plugin_files(shipped_dir)} if shipped_dir.is_dir() else {}
+    if plugins_dir is None:
+        return list(shipped.values())
+    folder = Path(plugins_dir)
+    if not folder.is_dir():
+        raise UserError(f"plugins_dir: folder not found: {folder}")
+    if shipped_dir.is_dir() and folder.resolve() == shipped_dir.resolve():
+        return list(shipped.values())
+    added = plugin_files(folder)
+    for path in added:
+        twin = shipped.get(path.name)
+        if twin is None:
+            continue
+        if twin.read_bytes() != path.read_bytes():
+            raise UserError(f"plugins_dir: {path} has the file name of the shipped plugin {twin}; rename the file "
+                            "(a plugins folder adds to the shipped plugins)")
+        del shipped[path.name]  # the same file: the folder's copy stands in for it
+    return [*shipped.values(), *added]
 
 
 def check_config(cls: type[Plugin], params: dict, where: str) -> PluginConfig:

@@ -11,10 +11,9 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import load_file, save_file
 
-from autocompress.store import atomic_write
+from autocompress.store import Memo
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Teacher = Callable[[torch.Tensor], torch.Tensor]
@@ -60,9 +59,9 @@ class TeacherOutputs:
     the same bytes, so a fine-tune trains exactly as it would with the teacher running.
 
     Outputs are kept in this process (least recently used first out beyond ``MEMORY_BYTES``) and
-    under ``folder`` for other workers and resumed runs, each file with the SHA-256 of its
-    values: a file that does not match is removed and the teacher runs again. Files stop being
-    added once ``folder`` holds ``max_bytes``.
+    under ``folder`` for other workers and resumed runs, one :class:`~autocompress.store.Memo`
+    entry per batch: an entry that does not match its digest is removed and the teacher runs
+    again. Entries stop being added once ``folder`` holds ``max_bytes``.
 
     Args:
         teacher: The frozen model (eval mode, on the device the batches come on).
@@ -78,7 +77,7 @@ class TeacherOutputs:
         self.teacher, self.folder, self.max_bytes = teacher, Path(folder), max_bytes
         self.reused = self.computed = self.corrupt = 0
         self.compute_s = 0.0  # the teacher's own time on the batches it ran
-        self._disk_bytes: int | None = None
+        self.memo = Memo(self.folder, max_bytes=max_bytes, when_full="stop")
 
     @classmethod
     def forget(cls) -> None:
@@ -105,32 +104,23 @@ class TeacherOutputs:
         if slot in self._memory:
             self._memory.move_to_end(slot)
             return self._memory[slot]
-        path = self.folder / f"{key}.safetensors"
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                out, ok = fh.get_tensor("outputs"), False
-                ok = (fh.metadata() or {}).get("sha256") == _digest(out)
-        except FileNotFoundError:
+        corrupt = self.memo.corrupt
+        entry = self.memo.get(key)
+        self.corrupt += self.memo.corrupt - corrupt
+        if entry is None:
             return None
-        except Exception:  # noqa: BLE001 - torn or foreign bytes: rebuilt, never trusted
-            ok = False
-        if not ok:
+        try:
+            out = load_file(str(entry.files[_OUTPUTS]))["outputs"]
+        except Exception:  # noqa: BLE001 - bytes as written, yet not outputs: rebuilt, never trusted
             self.corrupt += 1
-            path.unlink(missing_ok=True)
+            self.memo.remove(key)
             return None
         self._keep(slot, out)
         return out
 
     def _remember(self, key: str, out: torch.Tensor) -> None:
         self._keep((str(self.folder), key), out)
-        if self._disk_bytes is None:
-            self._disk_bytes = (sum(f.stat().st_size for f in self.folder.glob("*.safetensors"))
-                                if self.folder.is_dir() else 0)
-        if self.max_bytes is not None and self._disk_bytes >= self.max_bytes:
-            return
-        blob = save(({"outputs": out.contiguous()}), metadata={"sha256": _digest(out)})
-        atomic_write(self.folder / f"{key}.safetensors", blob)
-        self._disk_bytes += len(blob)
+        self.memo.put_with(key, lambda folder: [_save_outputs(out, folder / _OUTPUTS)])
 
     @classmethod
     def _keep(cls, slot: tuple[str, str], out: torch.Tensor) -> None:
@@ -143,6 +133,9 @@ class TeacherOutputs:
             cls._memory_bytes -= old.numel() * old.element_size()
 
 
+_OUTPUTS = "outputs.safetensors"
+
+
 def _batch_key(inputs: torch.Tensor) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{tuple(inputs.shape)}{inputs.dtype}".encode())
@@ -150,8 +143,9 @@ def _batch_key(inputs: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _digest(values: torch.Tensor) -> str:
-    return hashlib.sha256(_bytes(values)).hexdigest()
+def _save_outputs(out: torch.Tensor, path: Path) -> Path:
+    save_file({"outputs": out.contiguous()}, str(path))
+    return path
 
 
 def _bytes(values: torch.Tensor) -> bytes:

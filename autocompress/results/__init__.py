@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from autocompress.results.display import SearchDisplay
+from autocompress.results.export import FORMATS, ExportMismatch, export
 from autocompress.results.load import LoadedModel, load
-from autocompress.results.export import ExportMismatch, FORMATS, export
 from autocompress.results.report import write_report
 from autocompress.results.show import front_table, parse_quantity, plugins_table
 

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from autocompress.trial import TrialRecord
+
 
 def _clock(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -73,22 +75,23 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def trial_line(record: dict) -> str:
-    head = f"trial {record['number']:>3}"
-    if record["state"] == "pruned":
-        stop = record.get("stopped") or {}
-        return (f"{head} [yellow]stopped[/] at {stop.get('stage')} step {stop.get('step')}  {record['duration_s']:5.1f}s  "
-                f"{record['reason']}")
-    if record["state"] != "complete":
-        return f"{head} [red]failed[/] {record['reason']}"
-    m = record["metrics"]
-    flag = "[green]feasible[/]" if record.get("feasible") else "[yellow]infeasible[/]"
-    if record.get("stopped"):
-        flag += f" [yellow](stopped at {record['stopped']['stage']}: untrained figures)[/]"
-    elif (record.get("cache") or {}).get("hit"):
-        flag += f" [dim](reused trial {record['cache'].get('from_trial')}'s fine-tune)[/]"
-    return (f"{head} {m['accuracy']:6.2f}%  {m['latency_ms']:7.3f} ms  {m['size_mb']:7.3f} MB  {flag}  "
-            f"{record['duration_s']:5.1f}s  {describe_choices(record['choices'])}")
+def trial_line(record: TrialRecord) -> str:
+    """One line for the terminal about a finished trial."""
+    head = f"trial {record.number:>3}"
+    if record.state == "pruned":
+        stage, step = (record.stopped.stage, record.stopped.step) if record.stopped else (None, None)
+        return (f"{head} [yellow]stopped[/] at {stage} step {step}  {record.duration_s:5.1f}s  "
+                f"{record.reason}")
+    if record.state != "complete":
+        return f"{head} [red]failed[/] {record.reason}"
+    m = record.metrics
+    flag = "[green]feasible[/]" if record.feasible else "[yellow]infeasible[/]"
+    if record.stopped:
+        flag += f" [yellow](stopped at {record.stopped.stage}: untrained figures)[/]"
+    elif record.cache and record.cache.hit:
+        flag += f" [dim](reused trial {record.cache.from_trial}'s fine-tune)[/]"
+    return (f"{head} {m.accuracy:6.2f}%  {m.latency_ms:7.3f} ms  {m.size_mb:7.3f} MB  {flag}  "
+            f"{record.duration_s:5.1f}s  {describe_choices(record.choices)}")
 
 
 def short_count(n: float | None) -> str:

@@ -15,9 +15,16 @@ from typing import Callable
 
 import torch
 
-from autocompress.results.load import (ARTEFACT_FORMAT, FORMATS, float_module, front_record, possible_formats, read_run,
-                              unreadable)
 from autocompress.errors import UserError
+from autocompress.results.load import (
+    ARTEFACT_FORMAT,
+    FORMATS,
+    float_module,
+    front_record,
+    possible_formats,
+    read_run,
+    unreadable,
+)
 
 TOLERANCE_PP = 0.1  # re-measured top-1 may differ from the recorded one by at most this much
 
@@ -88,13 +95,13 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
         raise UserError(f"--format: {fmt!r} is not a format; use {', '.join(FORMATS)}")
     info = read_run(run)
     record = front_record(info, trial)
-    m = record["metrics"]
+    m = record.metrics
     allowed = possible_formats(info, record)
     if not allowed:
-        raise UserError(f"--trial: trial {trial} is a {m['precision']} {m['runtime']} artefact; it is already in its "
-                        f"deployable form at {info.path / record['artefact']} (with the files beside it)")
+        raise UserError(f"--trial: trial {trial} is a {m.precision} {m.runtime} artefact; it is already in its "
+                        f"deployable form at {info.path / record.artefact} (with the files beside it)")
     if fmt not in allowed:
-        raise UserError(f"--format: trial {trial} ({m['precision']} {m['runtime']} artefact, no float module) "
+        raise UserError(f"--format: trial {trial} ({m.precision} {m.runtime} artefact, no float module) "
                         f"can be exported as {' or '.join(allowed)} only")
     out = Path(out) if out is not None else default_path(info.path, trial, fmt)
     if out.is_dir() or not out.suffix:
@@ -102,18 +109,18 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
     if fmt == "pt2" and out.suffix != ".pt2":
         raise UserError(f"--out: {out} must end in .pt2 (torch.export only reads .pt2 archives)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    artefact = info.path / record["artefact"]
+    artefact = info.path / record.artefact
     config = info.config()
 
     from autocompress.data import load_data
 
     data = load_data(config.data, config.model.img_size)
-    if fmt == ARTEFACT_FORMAT[m["runtime"]]:
+    if fmt == ARTEFACT_FORMAT[m.runtime]:
         shutil.copyfile(artefact, out)
     else:
         write(float_module(info, record), data.test.example(config.device.batch_size), fmt, out)
     runtime = {"onnx": "onnxruntime", "pt2": "torch", "torchscript": "torchscript"}[fmt]
-    result = ExportResult(out, fmt, trial, runtime, dict(m), {}, config.device.batch_size)
+    result = ExportResult(out, fmt, trial, runtime, m.to_json(), {}, config.device.batch_size)
     if verify:
         try:
             with unreadable(f"trial {trial}: {out}"):
@@ -150,8 +157,8 @@ def write(module: torch.nn.Module, example: torch.Tensor, fmt: str, path: Path) 
 
 def load_predictor(path: Path, fmt: str, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """A predictor for a written file, on the runtime of its format."""
-    from autocompress.plugin import Artefact
     from autocompress.measure import get_runtime
+    from autocompress.plugin import Artefact
 
     if fmt == "torchscript":
         import warnings

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from autocompress.errors import UserError
-from autocompress.store import TRIAL_MODULE as MODULE_STEM, load_exported, load_module, module_files, verify_files
+from autocompress.store import TRIAL_MODULE as MODULE_STEM
+from autocompress.store import load_exported, load_module, module_files, verify_files
+from autocompress.trial import TrialRecord, read_record
 
 ARTEFACT_FORMAT = {"onnxruntime": "onnx", "torch": "pt2"}
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
@@ -35,8 +37,8 @@ class RunInfo:
 
     path: Path
     pareto: dict
-    records: dict[int, dict]
-    base: dict | None
+    records: dict[int, TrialRecord]
+    base: TrialRecord | None
 
     @property
     def front_numbers(self) -> list[int]:
@@ -55,7 +57,7 @@ def read_run(run: Path | str) -> RunInfo:
     """Reads ``pareto.json``, ``trials.jsonl`` and ``base.json`` of a run folder.
 
     Raises:
-        UserError: ``run`` is not a run folder.
+        UserError: ``run`` is not a run folder, or a record in it is malformed or of a newer version.
     """
     from autocompress.results.show import load_run
 
@@ -63,11 +65,11 @@ def read_run(run: Path | str) -> RunInfo:
     if not run.exists():
         raise UserError(f"RUN: {run} does not exist")
     pareto, records = load_run(run)
-    base = json.loads((run / "base.json").read_text()) if (run / "base.json").is_file() else None
-    return RunInfo(run, pareto, {r["number"]: r for r in records}, base)
+    base = read_record(run / "base.json") if (run / "base.json").is_file() else None
+    return RunInfo(run, pareto, {r.number: r for r in records}, base)
 
 
-def front_record(info: RunInfo, trial: int | None) -> dict:
+def front_record(info: RunInfo, trial: int | None) -> TrialRecord:
     """The full record of a front trial (``None`` = the most accurate one).
 
     Raises:
@@ -82,47 +84,49 @@ def front_record(info: RunInfo, trial: int | None) -> dict:
         known = f"0..{max(info.records)}" if info.records else "none yet"
         raise UserError(f"--trial: {info.path} has no trial {trial} (recorded trials: {known})")
     record = info.records[trial]
-    if record["state"] != "complete":
-        raise UserError(f"--trial: trial {trial} failed ({record.get('reason')}); it has no model")
+    if record.state != "complete":
+        raise UserError(f"--trial: trial {trial} failed ({record.reason}); it has no model")
     if trial not in front:
-        why = "it is infeasible" if not record.get("feasible") else "it is dominated"
+        why = "it is infeasible" if not record.feasible else "it is dominated"
         raise UserError(f"--trial: trial {trial} is not on the Pareto front ({why}; its model was not kept); "
                         f"front trials: {', '.join(map(str, front)) or 'none'}")
-    if not record.get("artefact") or not (info.path / record["artefact"]).is_file():
-        raise UserError(f"--trial: the artefact of trial {trial} is missing ({info.path / str(record.get('artefact'))})")
-    verify_files(record.get("files"), info.path, f"trial {trial}")
+    if not record.artefact or not (info.path / record.artefact).is_file():
+        raise UserError(f"--trial: the artefact of trial {trial} is missing ({info.path / str(record.artefact)})")
+    if record.metrics is None:
+        raise UserError(f"--trial: trial {trial} has no recorded metrics; it has no model")
+    verify_files(record.files, info.path, f"trial {trial}")
     return record
 
 
-def possible_formats(info: RunInfo, record: dict) -> list[str]:
+def possible_formats(info: RunInfo, record: TrialRecord) -> list[str]:
     """The formats a front trial can be written in: its artefact's own, plus every format when a
     float module exists (the saved module, or a ``.pt2`` program that is one)."""
-    m = record["metrics"]
-    own = ARTEFACT_FORMAT.get(m["runtime"])
-    float_module = m["precision"] == "fp32" and (_has_module(info, record) or own == "pt2")
+    m = record.metrics
+    own = ARTEFACT_FORMAT.get(m.runtime)
+    float_module = m.precision == "fp32" and (_has_module(info, record) or own == "pt2")
     return list(FORMATS) if float_module else [f for f in [own] if f]
 
 
-def trial_folder(info: RunInfo, record: dict) -> Path:
-    return (info.path / record["artefact"]).parent
+def trial_folder(info: RunInfo, record: TrialRecord) -> Path:
+    return (info.path / record.artefact).parent
 
 
-def _has_module(info: RunInfo, record: dict) -> bool:
+def _has_module(info: RunInfo, record: TrialRecord) -> bool:
     """Whether the trial kept its float module (recorded, hence hash-checked, files only)."""
     folder = trial_folder(info, record).resolve().relative_to(info.path.resolve())
-    return all(str(folder / f.name) in (record.get("files") or {}) for f in module_files(MODULE_STEM))
+    return all(str(folder / f.name) in (record.files or {}) for f in module_files(MODULE_STEM))
 
 
-def float_module(info: RunInfo, record: dict) -> torch.nn.Module | None:
+def float_module(info: RunInfo, record: TrialRecord) -> torch.nn.Module | None:
     """The float ``nn.Module`` of a front trial, or ``None`` when the trial has none (int8 artefacts)."""
-    if record["metrics"]["precision"] != "fp32":
+    if record.metrics.precision != "fp32":
         return None
     if _has_module(info, record):
-        with unreadable(f"trial {record['number']}"):
+        with unreadable(f"trial {record.number}"):
             return load_module(trial_folder(info, record) / MODULE_STEM)
-    artefact = info.path / record["artefact"]
+    artefact = info.path / record.artefact
     if artefact.suffix == ".pt2":
-        with unreadable(f"trial {record['number']}: {artefact}"):
+        with unreadable(f"trial {record.number}: {artefact}"):
             return load_exported(artefact).module()
     return None
 
@@ -232,27 +236,26 @@ def load(run: Path | str, trial: int | None = None, *, threads: int | None = Non
         m = autocompress.load("results/my-run", trial=7)
         logits = m.predict(uint8_images)            # [B,3,H,W] uint8, resized and normalised for you
     """
-    from autocompress.measure import module_predictor
+    from autocompress.measure import get_runtime, module_predictor
     from autocompress.plugin import Artefact
-    from autocompress.measure import get_runtime
 
     info = read_run(run)
     record = front_record(info, trial)
-    artefact = info.path / record["artefact"]
+    artefact = info.path / record.artefact
     module = float_module(info, record)
     if module is not None:
         model, predict = module, module_predictor(module)
     else:
         threads = threads or info.config().device.threads
-        m = record["metrics"]
-        with unreadable(f"trial {record['number']}: {artefact}"):
-            if m["runtime"] == "onnxruntime":
+        m = record.metrics
+        with unreadable(f"trial {record.number}: {artefact}"):
+            if m.runtime == "onnxruntime":
                 model, predict = _onnx_session(artefact, threads)
             else:
-                model = predict = get_runtime(m["runtime"]).load(Artefact(artefact, m["runtime"], m["precision"]),
-                                                                 threads=threads)
-    return LoadedModel(model=model, metrics=dict(record["metrics"]), preprocessing=preprocessing(info),
-                       trial=record["number"], choices=record["choices"], artefact=artefact, _predict=predict)
+                model = predict = get_runtime(m.runtime).load(Artefact(artefact, m.runtime, m.precision),
+                                                              threads=threads)
+    return LoadedModel(model=model, metrics=record.metrics.to_json(), preprocessing=preprocessing(info),
+                       trial=record.number, choices=record.choices, artefact=artefact, _predict=predict)
 
 
 def _onnx_session(path: Path, threads: int):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autocompress.results.display import describe_choices, short_count
 from autocompress.objectives import OBJECTIVES, directions, dominates, has_objectives, hypervolume, metric_keys
+from autocompress.results.display import describe_choices, short_count
+from autocompress.trial import TrialRecord
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
 COLOURS = {"front": "#d62728", "feasible": "#1f77b4", "infeasible": "#9a9a9a", "base": "#2ca02c"}
@@ -29,30 +30,35 @@ class RunData:
 
     path: Path
     pareto: dict
-    base: dict | None
-    records: list[dict]
+    base: TrialRecord | None
+    records: list[TrialRecord]
     config: dict
 
     @property
+    def base_metrics(self) -> dict | None:
+        """The base's figures by metric key (as ``pareto.json`` holds them), or ``None`` without a base."""
+        return self.base.metrics.to_json() if self.base is not None and self.base.metrics is not None else None
+
+    @property
     def complete(self) -> list[dict]:
-        return [r for r in self.records if r["state"] == "complete"]
+        return [r for r in self.records if r.state == "complete"]
 
     @property
     def failed(self) -> list[dict]:
-        return [r for r in self.records if r["state"] == "fail"]
+        return [r for r in self.records if r.state == "fail"]
 
     @property
     def stopped(self) -> list[dict]:
-        return [r for r in self.records if r.get("stopped")]  # fine-tune stops (pruned) and structure stops
+        return [r for r in self.records if r.stopped]  # fine-tune stops (pruned) and structure stops
 
     @property
     def front_numbers(self) -> set[int]:
         return {r["number"] for r in self.pareto["front"]}
 
     def category(self, record: dict) -> str:
-        if record["number"] in self.front_numbers:
+        if record.number in self.front_numbers:
             return "front"
-        return "feasible" if record.get("feasible") else "infeasible"
+        return "feasible" if record.feasible else "infeasible"
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -108,10 +114,11 @@ def _normalised_losses(records: list[dict], ref: dict[str, float]) -> list[tuple
     # Each objective scaled so the ideal (100 %, 0 ms, 0 MB, ...) is 0 and the reference point is 1.
     out = []
     for r in records:
-        m = r["metrics"]
-        if not all(m.get(k) is not None for k in ref):
+        m = r.metrics
+        if m is None or not all(m.figure(k) is not None for k in ref):
             continue
-        p = tuple((100.0 - m[k]) / max(100.0 - ref[k], 1e-9) if k == "accuracy" else m[k] / ref[k] for k in ref)
+        p = tuple((100.0 - m.figure(k)) / max(100.0 - ref[k], 1e-9) if k == "accuracy" else m.figure(k) / ref[k]
+                  for k in ref)
         if all(v < 1.0 for v in p):
             out.append(p)
     return out
@@ -128,16 +135,16 @@ def hypervolume_history(data: RunData) -> list[dict[str, float]]:
     """
     if not data.base:
         return []
-    ref = reference_point(data.base["metrics"], data.pareto.get("budget") or {}, data.objectives)
+    ref = reference_point(data.base_metrics, data.pareto.get("budget") or {}, data.objectives)
     unit = [1.0] * len(ref)
-    start = data.base.get("started") or min((r["started"] for r in data.records), default=0.0)
-    done = lambda r: r.get("finished") or r["started"]  # noqa: E731
-    feasible = [r for r in data.records if r["state"] == "complete" and r.get("feasible")]
+    start = data.base.started or min((r.started for r in data.records), default=0.0)
+    done = lambda r: r.finished or r.started  # noqa: E731
+    feasible = [r for r in data.records if r.state == "complete" and r.feasible]
     out = []
-    for r in sorted(data.records, key=lambda r: r["number"]):
+    for r in sorted(data.records, key=lambda r: r.number):
         out.append({
-            "number": r["number"], "elapsed_s": round(done(r) - start, 2),
-            "by_number": hypervolume(_normalised_losses([f for f in feasible if f["number"] <= r["number"]], ref), unit),
+            "number": r.number, "elapsed_s": round(done(r) - start, 2),
+            "by_number": hypervolume(_normalised_losses([f for f in feasible if f.number <= r.number], ref), unit),
             "by_time": hypervolume(_normalised_losses([f for f in feasible if done(f) <= done(r)], ref), unit),
         })
     return out
@@ -246,13 +253,13 @@ def _figures_line(m: dict) -> str:
             f"memory {short(f['memory_mb'])} MB, energy {short(f['energy_mj'])} mJ")
 
 
-def _hover(r: dict) -> str:
-    m = r["metrics"]
-    test = f"{m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "not evaluated: over budget"
-    return (f"trial {r['number']}<br>val top-1 {m['accuracy']:.2f}% (test {test})"
-            f"<br>{m['latency_ms']:.4f} ms, {m['size_mb']:.3f} MB, {m['precision']}"
-            f"<br>{html.escape(_figures_line(m))}"
-            f"<br>{html.escape(describe_choices(r['choices']))}")
+def _hover(r: TrialRecord) -> str:
+    m = r.metrics
+    test = f"{m.test_accuracy:.2f}%" if m.test_accuracy is not None else "not evaluated: over budget"
+    return (f"trial {r.number}<br>val top-1 {m.accuracy:.2f}% (test {test})"
+            f"<br>{m.latency_ms:.4f} ms, {m.size_mb:.3f} MB, {m.precision}"
+            f"<br>{html.escape(_figures_line(m.to_json()))}"
+            f"<br>{html.escape(describe_choices(r.choices))}")
 
 
 def _base_hover(b: dict) -> str:
@@ -263,11 +270,11 @@ def _base_hover(b: dict) -> str:
 def _front_2d(records: list[dict], x: str, y: str) -> list[dict]:
     # Non-dominated in this pair of objectives, ordered along x (for a step line).
     records = [r for r in records if has_objectives(r, (x, y))]
-    vals = [[r["metrics"][x], r["metrics"][y]] for r in records]
+    vals = [[r.metrics.figure(x), r.metrics.figure(y)] for r in records]
     dirs = directions((x, y))
     keep = [r for i, r in enumerate(records)
             if not any(dominates(vals[j], vals[i], dirs) for j in range(len(records)) if j != i)]
-    return sorted(keep, key=lambda r: r["metrics"][x])
+    return sorted(keep, key=lambda r: r.metrics.figure(x))
 
 
 def projections_figure(data: RunData):
@@ -287,7 +294,7 @@ def projections_figure(data: RunData):
         line = _front_2d(feasible, x, y)
         if len(line) > 1:
             fig.add_trace(go.Scatter(
-                x=[r["metrics"][x] for r in line], y=[r["metrics"][y] for r in line], mode="lines",
+                x=[r.metrics.figure(x) for r in line], y=[r.metrics.figure(y) for r in line], mode="lines",
                 line={"shape": "hv", "dash": "dot", "color": COLOURS["front"], "width": 1},
                 name="front in this projection", legendgroup="line", showlegend=col == 1, hoverinfo="skip"),
                 row=1, col=col)
@@ -295,12 +302,12 @@ def projections_figure(data: RunData):
             if not rows:
                 continue
             fig.add_trace(go.Scatter(
-                x=[r["metrics"][x] for r in rows], y=[r["metrics"][y] for r in rows], mode="markers",
+                x=[r.metrics.figure(x) for r in rows], y=[r.metrics.figure(y) for r in rows], mode="markers",
                 marker={"color": COLOURS[cat], "symbol": symbols[cat], "size": 10 if cat == "front" else 8},
                 name=labels[cat], legendgroup=cat, showlegend=col == 1,
                 text=[_hover(r) for r in rows], hovertemplate="%{text}<extra></extra>"), row=1, col=col)
         if data.base and has_objectives(data.base, (x, y)):
-            b = data.base["metrics"]
+            b = data.base_metrics
             fig.add_trace(go.Scatter(
                 x=[b[x]], y=[b[y]], mode="markers", name="base model", legendgroup="base", showlegend=col == 1,
                 marker={"color": COLOURS["base"], "symbol": "star", "size": 16, "line": {"width": 1, "color": "black"}},
@@ -335,13 +342,13 @@ def front_3d_figure(data: RunData):
         rows = [r for r in data.complete if data.category(r) == cat and has_objectives(r, (x, y, z))]
         if rows:
             fig.add_trace(go.Scatter3d(
-                x=[r["metrics"][x] for r in rows], y=[r["metrics"][y] for r in rows],
-                z=[r["metrics"][z] for r in rows], mode="markers", name=labels[cat],
+                x=[r.metrics.figure(x) for r in rows], y=[r.metrics.figure(y) for r in rows],
+                z=[r.metrics.figure(z) for r in rows], mode="markers", name=labels[cat],
                 marker={"color": COLOURS[cat], "size": 6 if cat == "front" else 4,
                         "symbol": "x" if cat == "infeasible" else "circle"},
                 text=[_hover(r) for r in rows], hovertemplate="%{text}<extra></extra>"))
     if data.base and has_objectives(data.base, (x, y, z)):
-        b = data.base["metrics"]
+        b = data.base_metrics
         fig.add_trace(go.Scatter3d(x=[b[x]], y=[b[y]], z=[b[z]], mode="markers",
                                    name="base model", marker={"color": COLOURS["base"], "size": 8, "symbol": "diamond"},
                                    text=[_base_hover(b)], hovertemplate="%{text}<extra></extra>"))
@@ -422,17 +429,17 @@ def front_png(data: RunData, path: Path) -> Path:
         if not rows:
             continue
         colour = {"edgecolors": COLOURS[cat]} if style.get("facecolors") == "none" else {"c": COLOURS[cat]}
-        ax.scatter([r["metrics"][x] for r in rows], [r["metrics"][y] for r in rows], label=label, **colour, **style)
+        ax.scatter([r.metrics.figure(x) for r in rows], [r.metrics.figure(y) for r in rows], label=label, **colour, **style)
         if cat == "front":
             for r in rows:
-                ax.annotate(str(r["number"]), (r["metrics"][x], r["metrics"][y]),
+                ax.annotate(str(r.number), (r.metrics.figure(x), r.metrics.figure(y)),
                             textcoords="offset points", xytext=(5, 4), fontsize=8)
     line = _front_2d(feasible, x, y)
     if len(line) > 1:
-        ax.step([r["metrics"][x] for r in line], [r["metrics"][y] for r in line], where="post",
+        ax.step([r.metrics.figure(x) for r in line], [r.metrics.figure(y) for r in line], where="post",
                 color=COLOURS["front"], linestyle=":", linewidth=1, label=f"front ({SHORT[y]} vs {SHORT[x]})")
     if data.base and has_objectives(data.base, (x, y)):
-        b = data.base["metrics"]
+        b = data.base_metrics
         ax.scatter([b[x]], [b[y]], marker="*", s=260, c=COLOURS["base"], edgecolors="black",
                    linewidths=0.6, label="base model", zorder=5)
     budget = data.pareto.get("budget") or {}
@@ -443,14 +450,14 @@ def front_png(data: RunData, path: Path) -> Path:
             ax.axhline(budget[field_name], color="grey", linestyle="--", linewidth=0.8, label=f"{SHORT[y]} budget")
     if y == "accuracy":
         if data.base and budget.get("max_accuracy_drop") is not None:
-            ax.axhline(data.base["metrics"]["accuracy"] - budget["max_accuracy_drop"], color="grey", linestyle="-.",
+            ax.axhline(data.base.metrics.accuracy - budget["max_accuracy_drop"], color="grey", linestyle="-.",
                        linewidth=0.8, label="accuracy floor")
-        focus = [r["metrics"]["accuracy"] for r in feasible]
+        focus = [r.metrics.accuracy for r in feasible]
         if data.base:
-            focus.append(data.base["metrics"]["accuracy"] - (budget.get("max_accuracy_drop") or 0))
+            focus.append(data.base.metrics.accuracy - (budget.get("max_accuracy_drop") or 0))
         if focus:
             low = max(0.0, min(focus) - 5.0)
-            below = sum(r["metrics"]["accuracy"] < low for r in complete)
+            below = sum(r.metrics.accuracy < low for r in complete)
             if below:  # collapsed trials would squash the front into a line at the top
                 ax.set_ylim(bottom=low, top=min(100.0, max(focus + [low]) + 2.0))
                 ax.annotate(f"{below} trial(s) below {low:.0f} % not shown", xy=(0.99, 0.02), xycoords="axes fraction",
@@ -485,11 +492,11 @@ def _front_rows(data: RunData) -> list[list[Any]]:
     """The base and every front model with the full row of figures, ``n/a (why)`` where one is missing."""
     rows = []
     if data.base:
-        b = data.base["metrics"]
+        b = data.base_metrics
         f = figures(b)
         rows.append(["base", f"{b['accuracy']:.2f}", "", f"{b['test_accuracy']:.2f}", f"{b['latency_ms']:.4f}",
                      "1.00x", f"{b['size_mb']:.3f}", "1.00x", f["params"], f["macs"], f["macs_int8"], f["memory_mb"],
-                     f["energy_mj"], b["precision"], "no compression", data.base.get("artefact") or ""])
+                     f["energy_mj"], b["precision"], "no compression", data.base.artefact or ""])
     for r in data.pareto["front"]:
         m, v = r["metrics"], r.get("vs_base") or {}
         f = figures(m)
@@ -546,7 +553,7 @@ def build_html(data: RunData) -> str:
         return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
     budget = data.pareto.get("budget") or {}
-    infeasible = [r for r in data.complete if not r.get("feasible")]
+    infeasible = [r for r in data.complete if not r.feasible]
     summary = [
         ["run folder", str(data.path.resolve())],
         ["model / data", f"{data.config.get('model', {}).get('name', '?')} / "
@@ -573,7 +580,7 @@ def build_html(data: RunData) -> str:
         parts.append(f'<p class="note">{len(data.failed)} trial(s) failed and have no metrics '
                      '(tracebacks in <code>trials/NNNN/error.txt</code>).</p>')
         parts.append(_table(["trial", "configuration", "reason"],
-                            [[r["number"], describe_choices(r["choices"]), r.get("reason") or ""] for r in data.failed],
+                            [[r.number, describe_choices(r.choices), r.reason or ""] for r in data.failed],
                             "failed"))
     else:
         parts.append('<p class="note">No trial failed.</p>')
@@ -585,15 +592,15 @@ def build_html(data: RunData) -> str:
                      'infeasible), or during '
                      'fine-tuning when the accuracy curve could not reach the floor.</p>')
         parts.append(_table(["trial", "stage", "step", "configuration", "reason"],
-                            [[r["number"], (r.get("stopped") or {}).get("stage", ""), (r.get("stopped") or {}).get("step", ""),
-                              describe_choices(r["choices"]), (r.get("stopped") or {}).get("reason") or r.get("reason") or ""]
+                            [[r.number, r.stopped.stage or "", "" if r.stopped.step is None else r.stopped.step,
+                              describe_choices(r.choices), r.stopped.reason or r.reason or ""]
                              for r in data.stopped], "failed"))
     else:
         parts.append('<p class="note">No trial stopped early.</p>')
 
     parts.append("<h2>Hypervolume</h2>")
     if history and data.base:
-        ref = reference_point(data.base["metrics"], budget, data.objectives)
+        ref = reference_point(data.base_metrics, budget, data.objectives)
         described = {
             "accuracy": lambda v: f'accuracy floor = base top-1 minus the allowed drop, or 0 % without one (<b>{v:.2f} %</b>)',
             "latency_ms": lambda v: f"latency = 2 × base (<b>{v:.4f} ms</b>)",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from autocompress.results.display import describe_choices, short_count
 from autocompress.errors import UserError
+from autocompress.results.display import describe_choices, short_count
+from autocompress.trial import TrialRecord, read_trials
 
 _QTY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 _SCALE = {"ms": {"": 1, "ms": 1, "s": 1000, "us": 1e-3}, "mb": {"": 1, "mb": 1, "kb": 1e-3, "gb": 1e3, "b": 1e-6}}
@@ -26,15 +27,17 @@ def parse_quantity(text: str | None, unit: str, flag: str) -> float | None:
     return float(match.group(1)) * _SCALE[unit][match.group(2)]
 
 
-def load_run(run: Path | str) -> tuple[dict, list[dict]]:
-    """``pareto.json`` and the trial records of a run folder."""
+def load_run(run: Path | str) -> tuple[dict, list[TrialRecord]]:
+    """``pareto.json`` and the trial records of a run folder.
+
+    Raises:
+        UserError: Not a run folder, or a record is malformed or of a newer version (its line is named).
+    """
     run = Path(run)
     if not (run / "pareto.json").is_file():
         raise UserError(f"RUN: {run} is not a run folder (no pareto.json)")
     pareto = json.loads((run / "pareto.json").read_text())
-    from autocompress.store import RunFolder
-
-    return pareto, RunFolder(run).trials()
+    return pareto, read_trials(run)
 
 
 def _pct(x: float | None) -> str:
@@ -87,9 +90,9 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
     else:
         rows.sort(key=lambda r: (r["metrics"].get(key) is None, r["metrics"].get(key) or 0.0))
     objectives = metric_keys(pareto.get("objectives") or OBJECTIVES)
-    failed = sum(r["state"] == "fail" for r in records)
-    stopped = sum(bool(r.get("stopped")) for r in records)  # fine-tune stops (pruned) and structure stops
-    infeasible = sum(r["state"] == "complete" and not r.get("feasible") for r in records)
+    failed = sum(r.state == "fail" for r in records)
+    stopped = sum(r.stopped is not None for r in records)  # fine-tune stops (pruned) and structure stops
+    infeasible = sum(r.state == "complete" and not r.feasible for r in records)
     notes = []
     base = pareto.get("base")
     for figure, why in ((base or {}).get("not_measured") or {}).items():

@@ -13,33 +13,38 @@ import json
 import shutil
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import warnings
-
 import optuna
 
-from autocompress.trial import prepare_base
 from autocompress.config import RunConfig, dump_config
+from autocompress.device import describe
 from autocompress.errors import UserError
 from autocompress.execution import Executor, make_executor
-from autocompress.device import describe
-from autocompress.objectives import (BUDGET_METRICS, DEFAULT_OBJECTIVES, constraints, directions, front, metric_keys,
-                                  objective_values)
-from autocompress.plugin import NONE, STAGE_ORDER
-from autocompress.plugin import Registry, discover
-from autocompress.store import RunFolder, atomic_write
-from autocompress.search.throughput import throughput
+from autocompress.objectives import (
+    DEFAULT_OBJECTIVES,
+    caps_figures,
+    constraints,
+    directions,
+    front,
+    is_feasible,
+    metric_keys,
+    objective_values,
+    probe_problem,
+    refusal,
+    stopped_constraints,
+    vs_base,
+)
+from autocompress.plugin import NONE, STAGE_ORDER, Registry, discover
 from autocompress.search.space import SearchSpace, load_search_space
-from autocompress.trial import TrialSpec, run_trial, trial_dir
-from autocompress.trial import log_to
+from autocompress.search.throughput import throughput
+from autocompress.store import RunFolder, atomic_write
+from autocompress.trial import TrialRecord, TrialSpec, log_to, prepare_base, read_trials, trial_dir
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-LATENCY_NOISE = 1.25  # a probe this much over the latency budget cannot be noise
-STOPPED_VIOLATION = 0.01  # constraint value of an early-stopped trial that violates no budget: infeasible, barely
 
 
 @dataclass
@@ -91,8 +96,8 @@ class Search:
         self.on_event = on_event or (lambda kind, payload: None)
         self.registry: Registry | None = None
         self.space: SearchSpace | None = None
-        self.base: dict | None = None
-        self.records: dict[int, dict] = {}
+        self.base: TrialRecord | None = None
+        self.records: dict[int, TrialRecord] = {}
         self.objectives = metric_keys(config.objectives)  # metric keys, in the order Optuna is told them
         self.agent_machines: dict[str, dict] = {}  # device.agent: each agent's machine, from /info
         self.progress = Progress(total=config.search.trials, timeout=config.search.timeout)
@@ -178,21 +183,21 @@ class Search:
     def _stop_inputs(self) -> dict:
         """The accuracy floor, the finished trials' curves and the front, for early stopping inside a trial."""
         drop = self.config.budget.max_accuracy_drop
-        floor = None if drop is None or self.base is None else self.base["metrics"]["accuracy"] - drop
-        history = [r["curve"] for r in self.records.values()
-                   if r["state"] in ("complete", "pruned") and r.get("curve")
-                   and (not r.get("stopped") or r["stopped"].get("after_training"))  # whole curves only
-                   and not (r.get("cache") or {}).get("hit")]  # a reused fine-tune repeats its curve
-        feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
+        floor = None if drop is None or self.base is None else self.base.metrics.accuracy - drop
+        history = [r.curve for r in self.records.values()
+                   if r.state in ("complete", "pruned") and r.curve
+                   and (not r.stopped or r.stopped.after_training)  # whole curves only
+                   and not (r.cache and r.cache.hit)]  # a reused fine-tune repeats its curve
+        feasible = [r for r in self.records.values() if r.state == "complete" and r.feasible]
         return {"floor": floor, "history": history,
-                "front": [[*objective_values(r, self.objectives), r.get("latency_vs_base")]
+                "front": [[*objective_values(r, self.objectives), r.latency_vs_base]
                           for r in front(feasible, self.objectives)]}
 
     def _spec(self, number: int, choices: dict, **kw) -> TrialSpec:
         return TrialSpec(number=number, choices={k: list(v) for k, v in choices.items()}, run_dir=str(self.run.path),
                          config=self.config.model_dump(mode="json"), plugin_files=self.registry.files(), **kw)
 
-    def prepare(self) -> dict:
+    def prepare(self) -> TrialRecord:
         """Creates the run folder, the base model and its measured record; checks the budget."""
         self.run.path.mkdir(parents=True, exist_ok=True)
         for note in getattr(self.space, "notes", None) or []:  # e.g. plugins left out for device.runtime
@@ -219,27 +224,27 @@ class Search:
             choices = {s.value: (NONE, {}) for s in STAGE_ORDER}
             if len(self.config.device.runtimes) > 1:
                 choices["runtime"] = (runtime, {})
-            record = run_trial(self._spec(-1, choices))
-            if record["state"] != "complete":
-                if record.get("agent_error"):
-                    raise UserError(f"device.agent: the base model could not be measured: {record['reason']}")
-                raise RuntimeError(f"the base model could not be measured on {runtime}: {record['reason']}")
+            record = self.executor.run(self._spec(-1, choices))
+            if record.state != "complete":
+                if record.agent_error:
+                    raise UserError(f"device.agent: the base model could not be measured: {record.reason}")
+                raise RuntimeError(f"the base model could not be measured on {runtime}: {record.reason}")
             by_runtime[runtime] = record
-            m = record["metrics"]
-            self.log(f"base: val top-1 {m['accuracy']:.2f}%  latency {m['latency_ms']:.3f} ms  "
-                     f"size {m['size_mb']:.2f} MB  {m.get('macs') or 0:,} MACs  "
-                     + (f"memory {m['memory_mb']:.1f} MB  " if m.get("memory_mb") is not None else "")
-                     + (f"energy {m['energy_mj']:.3f} mJ ({m['energy_source']})  " if m.get("energy_mj") is not None
+            m = record.metrics
+            self.log(f"base: val top-1 {m.accuracy:.2f}%  latency {m.latency_ms:.3f} ms  "
+                     f"size {m.size_mb:.2f} MB  {m.macs or 0:,} MACs  "
+                     + (f"memory {m.memory_mb:.1f} MB  " if m.memory_mb is not None else "")
+                     + (f"energy {m.energy_mj:.3f} mJ ({m.energy_source})  " if m.energy_mj is not None
                         else "energy n/a  ") + f"({runtime})")
         # the reference is the base on its fastest target runtime, never a slower one
-        base = dict(min(by_runtime.values(), key=lambda r: r["metrics"]["latency_ms"]))
+        base = min(by_runtime.values(), key=lambda r: r.metrics.latency_ms).model_copy(deep=True)
         if len(by_runtime) > 1:
-            base["by_runtime"] = {rt: r["metrics"] for rt, r in by_runtime.items()}
-            self.log(f"base reference: {base['metrics']['runtime']} (the fastest of {', '.join(by_runtime)})")
+            base.by_runtime = {rt: r.metrics for rt, r in by_runtime.items()}
+            self.log(f"base reference: {base.metrics.runtime} (the fastest of {', '.join(by_runtime)})")
         self.base = base
-        m = base["metrics"]
-        if m.get("test_accuracy") is not None and m["accuracy"] - m["test_accuracy"] > 2.0:
-            self.log(f"warning: the base reads {m['accuracy']:.2f}% on validation but {m['test_accuracy']:.2f}% on test: "
+        m = base.metrics
+        if m.test_accuracy is not None and m.accuracy - m.test_accuracy > 2.0:
+            self.log(f"warning: the base reads {m.accuracy:.2f}% on validation but {m.test_accuracy:.2f}% on test: "
                      "was it trained on the validation images? The accuracy floor is set on validation; consider "
                      "data.val_from: test")
         self.run.write_json("base.json", base)
@@ -247,16 +252,17 @@ class Search:
         return base
 
     def _check_budget(self) -> None:
+        """Refuses a budget that even the most compressed configuration cannot meet on any target runtime.
+
+        Raises:
+            UserError: One line naming the budget field and, per runtime, the figure that misses it.
+        """
         budget = self.config.budget
-        if budget.max_latency_vs_base is None and all(getattr(budget, f) is None for f in BUDGET_METRICS):
+        if not caps_figures(budget):
             return
-        b = self.base["metrics"]
         probes, problems, dropped = [], [], []
         for runtime in self.config.device.runtimes:
-            strongest = self.space.strongest(self.registry, runtime)
-            probe = run_trial(self._spec(-2, strongest, structure_only=True, keep_artefact=False))
-            shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
-            desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE and s != "runtime") or "no compression"
+            probe, desc = self._probe_strongest(runtime)
             if probe.get("timed_out"):  # a step that hangs (seen: torch-pruning's graph on some models) holds no one up
                 self.log(f"budget check on {runtime}: the most compressed configuration ({desc}) dropped from the "
                          f"check: {probe['reason']}")
@@ -266,29 +272,28 @@ class Search:
                 self.log(f"budget check on {runtime} skipped: the most compressed configuration failed ({probe['reason']})")
                 return
             probes.append(probe)
-            m = probe["metrics"]
-            if budget.max_size_mb is not None and m["size_mb"] > budget.max_size_mb:
-                problems.append(("budget.max_size_mb", f"{budget.max_size_mb} MB cannot be met: the most compressed "
-                                 f"configuration ({desc}) is {m['size_mb']:.3f} MB on {runtime} (base {b['size_mb']:.3f} MB)"))
-            elif budget.max_latency_ms is not None and m["latency_ms"] > LATENCY_NOISE * budget.max_latency_ms:
-                problems.append(("budget.max_latency_ms", f"{budget.max_latency_ms} ms cannot be met: the most compressed "
-                                 f"configuration ({desc}) measures {m['latency_ms']:.3f} ms on {runtime} "
-                                 f"(base {b['latency_ms']:.3f} ms on {b['runtime']}) with {self.config.device.threads} threads"))
-            elif (budget.max_latency_vs_base is not None and runtime == b["runtime"]
-                  and m["latency_ms"] > LATENCY_NOISE * budget.max_latency_vs_base * b["latency_ms"]):
-                problems.append(("budget.max_latency_vs_base", f"{budget.max_latency_vs_base}x the base cannot be met: "
-                                 f"the most compressed configuration ({desc}) measures {m['latency_ms'] / b['latency_ms']:.2f}x "
-                                 f"the base's {b['latency_ms']:.3f} ms on {runtime}"))
-            else:
-                problem = _figure_problem(budget, m, b, desc, runtime)
-                if problem:
-                    problems.append(problem)
+            problem = probe_problem(budget, probe["metrics"], self.base["metrics"], desc=desc, runtime=runtime,
+                                    threads=self.config.device.threads)
+            if problem:
+                problems.append(problem)
         if not probes:
             return
         self.run.write_json("probe.json", probes[0] if len(probes) == 1 else {"by_runtime": probes})
-        if len(problems) == len(probes) and not dropped:  # no runtime can meet it (a dropped one might)
-            field_name = problems[0][0]
-            raise UserError(f"{field_name}: " + "; ".join(text for _, text in problems))
+        message = refusal(problems, probed=len(probes), dropped=len(dropped))
+        if message:
+            raise UserError(message)
+
+    def _probe_strongest(self, runtime: str) -> tuple[dict, str]:
+        """Builds and measures, untrained, the most compressed configuration on ``runtime``.
+
+        Returns:
+            Its record (structure only, no artefact kept) and the configuration in words.
+        """
+        strongest = self.space.strongest(self.registry, runtime)
+        probe = self.executor.run(self._spec(-2, strongest, structure_only=True, keep_artefact=False))
+        shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+        desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE and s != "runtime") or "no compression"
+        return probe, desc
 
     def _study(self) -> optuna.Study:
         storage = make_storage(self.config.search.storage, self.run.path)
@@ -343,14 +348,14 @@ class Search:
             record = records.get(t.number) or stored
             if record is None:
                 choices = t.user_attrs.get("choices") or {}
-                self._interrupt(study, t.number, t._trial_id, t.params, choices,
+                self._interrupt(study, _reopen(study, t), choices,
                                 "interrupted: the search stopped while it ran; re-queued",
                                 t.datetime_start.timestamp() if t.datetime_start else None)
                 self.log(f"trial {t.number}: was running when the last process stopped; marked failed, re-queued")
                 continue
             if t.number not in records:
                 self.run.append_trial(record)
-            trial = optuna.trial.Trial(study, t._trial_id)
+            trial = _reopen(study, t)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for key, value in (record.get("constraints") or {}).items():
@@ -364,35 +369,35 @@ class Search:
             self.log(f"trial {t.number}: had finished when the last process stopped; recorded, not re-run")
 
     def _requeue(self, study: optuna.Study, params: dict) -> None:
-        """Enqueues ``params`` unless an identical trial is already waiting (safe to repeat)."""
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            if t.system_attrs.get("fixed_params") == params:
-                return
-        study.enqueue_trial(params)
+        """Enqueues ``params`` unless the same re-queue is already waiting (safe to repeat).
 
-    def _interrupt(self, study: optuna.Study, number: int, trial_id: int, params: dict, choices: dict,
-                   reason: str, started: float | None) -> None:
+        A re-queued trial carries its params in the user attr ``requeued``: a waiting trial's
+        enqueued params are not public in Optuna.
+        """
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            if t.user_attrs.get("requeued") == params:
+                return
+        study.enqueue_trial(params, user_attrs={"requeued": params})
+
+    def _interrupt(self, study: optuna.Study, trial: optuna.Trial, choices: dict, reason: str,
+                   started: float | None) -> None:
         """Records a trial that was stopped (Ctrl-C, time limit, crash) as failed and re-queues its params.
 
         Order: stored record, trials.jsonl, re-queue, tell; each step is repeatable on resume.
         """
-        now = time.time()
-        record = {"number": number, "choices": choices, "state": "fail", "reason": reason, "interrupted": True,
-                  "host": None, "started": started or now, "structure_only": False, "finished": now,
-                  "duration_s": round(now - (started or now), 3), "feasible": False}
-        study._storage.set_trial_user_attr(trial_id, "record", record)
-        self.records[number] = record
+        record = TrialRecord.interrupted_trial(number=trial.number, choices=choices, reason=reason, started=started)
+        trial.set_user_attr("record", record.to_json())
+        self.records[trial.number] = record
         self.run.append_trial(record)
-        self._requeue(study, params)
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+        self._requeue(study, trial.params)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _abandon(self, study: optuna.Study, pending: dict, started: dict, reason: str) -> None:
         """Stops every running trial (Ray: force-cancelled) and records it via :meth:`_interrupt`."""
         self.executor.cancel_all()
         for number in list(pending):
-            trial = pending.pop(number)
-            self._interrupt(study, number, trial._trial_id, trial.params, started.get(number, (None, {}))[1],
-                            reason, started.get(number, (None, {}))[0])
+            begun, choices = started.get(number, (None, {}))
+            self._interrupt(study, pending.pop(number), choices, reason, begun)
         self.progress.running = 0
 
     def _lock(self):
@@ -461,14 +466,14 @@ class Search:
             self._check_kept_objectives()
             self.prepare()
             study = self._study()
-            self.records = {r["number"]: r for r in self.run.trials()}
-            interrupted = {n for n, r in self.records.items() if r.get("interrupted")}
+            self.records = {r.number: r for r in read_trials(self.run.path)}
+            interrupted = {n for n, r in self.records.items() if r.interrupted}
             finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
             started = len(finished)
             self.progress.done = len(finished)
             self.progress.failed = sum(t.state == optuna.trial.TrialState.FAIL for t in finished)
-            self.progress.stopped = sum(bool(r.get("stopped")) for r in self.records.values())
-            durations = [r["duration_s"] for r in self.records.values() if r["state"] == "complete"]
+            self.progress.stopped = sum(r.stopped is not None for r in self.records.values())
+            durations = [r.duration_s for r in self.records.values() if r.state == "complete"]
             pareto = self._write_pareto()
             while True:
                 while self.executor.running() < self.executor.slots and self._can_start(started, durations):
@@ -484,12 +489,12 @@ class Search:
                 if not pending:
                     break
                 for record in self.executor.poll(timeout=1.0):
-                    trial = pending.pop(record["number"], None)
+                    trial = pending.pop(record.number, None)
                     if trial is None:
                         continue
                     self._tell(study, trial, record)
-                    if record["state"] == "complete":
-                        durations.append(record["duration_s"])
+                    if record.state == "complete":
+                        durations.append(record.duration_s)
                     pareto = self._write_pareto()
                     self.progress.running = len(pending)
                     self.on_event("trial", record)
@@ -513,70 +518,58 @@ class Search:
                 signal.signal(signal.SIGINT, previous)
         return pareto
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, record: dict) -> None:
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, record: TrialRecord) -> None:
         self.progress.done += 1
-        self.progress.stopped += bool(record.get("stopped"))
-        if record["state"] == "complete":
-            cons = constraints(record, self.config.budget, self.base["metrics"]["accuracy"])
-            record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
-            record["feasible"] = all(v <= 0 for v in cons.values())
+        self.progress.stopped += record.stopped is not None
+        if record.state == "complete":
+            cons = constraints(record.to_json(), self.config.budget, self.base.metrics.accuracy)
+            record.constraints = {k: round(v, 6) for k, v in cons.items()}
+            record.feasible = is_feasible(cons)
             for key, value in cons.items():
                 trial.set_constraint(key, value)
-            trial.set_user_attr("metrics", record["metrics"])
-            trial.set_user_attr("artefact", record.get("artefact"))
+            trial.set_user_attr("metrics", record.metrics.to_json())
+            trial.set_user_attr("artefact", record.artefact)
         else:
-            self.progress.failed += record["state"] == "fail"
-            record["feasible"] = False
-            trial.set_user_attr("reason", record["reason"])
-            if record["state"] == "pruned" and record.get("stopped"):
+            self.progress.failed += record.state == "fail"
+            record.feasible = False
+            trial.set_user_attr("reason", record.reason)
+            if record.state == "pruned" and record.stopped:
                 # a stopped trial is an infeasible point for the sampler: told without constraints,
                 # TPE ranks PRUNED trials among the good ones while few feasible trials have finished,
                 # and samples more like them (seen: a run that kept proposing trials halving stopped)
-                for key, value in self._stopped_constraints(record).items():
+                cons = stopped_constraints(record.to_json(), self.config.budget, self.base.metrics.accuracy)
+                record.constraints = {k: round(v, 6) for k, v in cons.items()}
+                for key, value in cons.items():
                     trial.set_constraint(key, value)
         # stored in the study, appended to trials.jsonl, told last: a crash between any two
         # steps is reconciled on resume (_requeue_stale) without losing or re-running the trial
-        trial.set_user_attr("record", record)
-        self.records[record["number"]] = record
+        trial.set_user_attr("record", record.to_json())
+        self.records[record.number] = record
         self.run.append_trial(record)
-        if record["state"] == "complete":
+        if record.state == "complete":
             study.tell(trial, objective_values(record, self.objectives))
         else:
             study.tell(trial, state=_optuna_state(record))
 
-    def _stopped_constraints(self, record: dict) -> dict[str, float]:
-        budget = self.config.budget
-        m = dict(record.get("probe") or {})
-        m["accuracy"] = record["stopped"]["accuracy"]
-        for field_name, key in BUDGET_METRICS.items():  # a figure the probe lacks violates nothing
-            if m.get(key) is None:
-                m[key] = getattr(budget, field_name) or 0.0
-        m.setdefault("latency_vs_base", budget.max_latency_vs_base)
-        cons = constraints({"metrics": m}, budget, self.base["metrics"]["accuracy"])
-        if not any(v > 0 for v in cons.values()):  # within every budget at its stop, yet behind others
-            cons["stopped"] = STOPPED_VIOLATION
-        record["constraints"] = {k: round(v, 6) for k, v in cons.items()}
-        return cons
-
     def _write_pareto(self) -> dict:
-        feasible = [r for r in self.records.values() if r["state"] == "complete" and r.get("feasible")]
+        feasible = [r for r in self.records.values() if r.state == "complete" and r.feasible]
         best = front(feasible, self.objectives)
-        on_front = {r["number"] for r in best}
-        base = self.base["metrics"] if self.base else None
+        on_front = {r.number for r in best}
+        base = self.base.metrics.to_json() if self.base else None
         rows = []
         for r in best:
-            m = r["metrics"]
+            m = r.metrics.to_json()
             rows.append({
-                "number": r["number"], "choices": r["choices"], "metrics": m, "artefact": r.get("artefact"),
-                "latency": r.get("latency"), "latency_vs_base": r.get("latency_vs_base"),
-                "vs_base": _vs_base(m, base) if base else None, "footprint": r.get("footprint"),
+                "number": r.number, "choices": r.choices, "metrics": m, "artefact": r.artefact,
+                "latency": r.latency.to_json() if r.latency else None, "latency_vs_base": r.latency_vs_base,
+                "vs_base": vs_base(m, base) if base else None, "footprint": r.footprint,
             })
         data = {
             "objectives": list(self.objectives), "directions": list(directions(self.objectives)),
             "budget": self.config.budget.model_dump(), "base": base,
-            "trials_finished": sum(r["state"] == "complete" for r in self.records.values()),
-            "trials_failed": sum(r["state"] == "fail" and not r.get("interrupted") for r in self.records.values()),
-            "trials_interrupted": sum(bool(r.get("interrupted")) for r in self.records.values()),
+            "trials_finished": sum(r.state == "complete" for r in self.records.values()),
+            "trials_failed": sum(r.state == "fail" and not r.interrupted for r in self.records.values()),
+            "trials_interrupted": sum(r.interrupted for r in self.records.values()),
             "throughput": throughput(list(self.records.values()), time.time() - self.progress.started,
                                      since=self.progress.started),
             "front": rows, "updated": dt.datetime.now().isoformat(timespec="seconds"),
@@ -584,15 +577,25 @@ class Search:
         self.run.write_json("pareto.json", data)
         self.progress.front = len(rows)
         for number, r in self.records.items():
-            if number not in on_front and r.get("artefact"):
+            if number not in on_front and r.artefact:
                 folder = trial_dir(self.run.path, number)
                 for f in folder.glob("model*"):
                     f.unlink(missing_ok=True)
         return data
 
 
-def _optuna_state(record: dict) -> optuna.trial.TrialState:
-    """A record that is not complete: stopped early (PRUNED) or failed."""
+def _reopen(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """A live handle on a trial that a stopped process left RUNNING, to store its record and constraints.
+
+    Optuna has no public way to reopen one: ``Trial`` objects come from ``Study.ask``, the id the
+    constructor needs is private (``FrozenTrial._trial_id``), and constraints can be set only
+    through a live ``Trial``.
+    """
+    return optuna.trial.Trial(study, frozen._trial_id)
+
+
+def _optuna_state(record: TrialRecord | dict) -> optuna.trial.TrialState:
+    """A record that is not complete (typed, or as stored in the study): stopped early (PRUNED) or failed."""
     return optuna.trial.TrialState.PRUNED if record["state"] == "pruned" else optuna.trial.TrialState.FAIL
 
 
@@ -612,34 +615,6 @@ def make_storage(url: str | None, run_dir: Path) -> "str | optuna.storages.BaseS
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     return url
-
-
-def _vs_base(m: dict, base: dict) -> dict:
-    """Change vs the base: accuracy in pp, every other figure as how many times lower (``None`` where unknown)."""
-    out = {"accuracy_pp": round(m["accuracy"] - base["accuracy"], 4)}
-    for key, name in (("latency_ms", "latency_x"), ("size_mb", "size_x"), ("params", "params_x"), ("macs", "macs_x"),
-                      ("memory_mb", "memory_x"), ("energy_mj", "energy_x")):
-        mine, theirs = m.get(key), base.get(key)
-        out[name] = round(theirs / mine, 3) if mine and theirs is not None else None
-    return out
-
-
-def _figure_problem(budget, m: dict, b: dict, desc: str, runtime: str) -> tuple[str, str] | None:
-    """Why the most compressed configuration's params, MACs, memory or energy cannot meet the budget, or ``None``.
-
-    Params and MACs are counted from the structure (exact); memory and energy are measured, so
-    they must be over by the latency noise allowance before the run is refused.
-    """
-    for field_name, key, noise, fmt in (("max_params", "params", 1.0, "{:,.0f} params"),
-                                        ("max_macs", "macs", 1.0, "{:,.0f} MACs"),
-                                        ("max_memory_mb", "memory_mb", LATENCY_NOISE, "{:.2f} MB"),
-                                        ("max_energy_mj", "energy_mj", LATENCY_NOISE, "{:.3f} mJ")):
-        limit, value = getattr(budget, field_name), m.get(key)
-        if limit is not None and value is not None and value > noise * limit:
-            base = f" (base {fmt.format(b[key])})" if b.get(key) is not None else ""
-            return (f"budget.{field_name}", f"{fmt.format(limit)} cannot be met: the most compressed configuration "
-                    f"({desc}) has {fmt.format(value)} on {runtime}{base}")
-    return None
 
 
 def load_resume(run_dir: Path | str) -> RunConfig:

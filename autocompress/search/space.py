@@ -37,9 +37,8 @@ import optuna
 import yaml
 from pydantic import ValidationError
 
-from autocompress.errors import UserError, describe_validation_error
-from autocompress.plugin import NONE, STAGE_ORDER, Plugin, Stage
-from autocompress.plugin import check_plugin_space, describe_spec, normalise_spec
+from autocompress.errors import UserError
+from autocompress.plugin import NONE, STAGE_ORDER, Plugin, Stage, check_plugin_space, describe_spec, normalise_spec
 
 Choice = tuple[str, dict[str, Any]]
 DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"

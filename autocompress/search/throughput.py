@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import statistics
 
+from autocompress.trial import TrialRecord
 
-def throughput(records: list[dict], wall_s: float, since: float | None = None) -> dict:
+
+def throughput(records: list[TrialRecord], wall_s: float, since: float | None = None) -> dict:
     """Summarises trial records.
 
     Args:
@@ -27,38 +29,39 @@ def throughput(records: list[dict], wall_s: float, since: float | None = None) -
         figure the records hold) and ``time_saved_s_estimate`` (an estimate, never printed as a
         measurement).
     """
-    decided = [r for r in records if not r.get("interrupted") and r["state"] in ("complete", "pruned")]
-    stopped = [r for r in decided if r.get("stopped")]
+    decided = [r for r in records if not r.interrupted and r.state in ("complete", "pruned")]
+    stopped = [r for r in decided if r.stopped]
     by_stage: dict[str, int] = {}
     for r in stopped:
-        by_stage[r["stopped"]["stage"]] = by_stage.get(r["stopped"]["stage"], 0) + 1
-    full = [r["duration_s"] for r in decided
-            if r["state"] == "complete" and not r.get("stopped") and r.get("curve") and not (r.get("cache") or {}).get("hit")]
+        by_stage[r.stopped.stage] = by_stage.get(r.stopped.stage, 0) + 1
+    full = [r.duration_s for r in decided
+            if r.state == "complete" and not r.stopped and r.curve and not (r.cache and r.cache.hit)]
     full_cost = statistics.median(full) if full else None
     saved = 0.0
     if full_cost is not None:
-        saved += sum(max(0.0, full_cost - r["duration_s"]) for r in stopped)
-    hits = [r for r in decided if (r.get("cache") or {}).get("hit")]
-    saved += sum(float(r["cache"].get("saved_s") or 0.0) for r in hits)
-    teacher = [r["teacher_batches"] for r in decided if r.get("teacher_batches")]
-    computed = sum(t.get("computed", 0) for t in teacher)
-    reused = sum(t.get("reused", 0) for t in teacher)
+        saved += sum(max(0.0, full_cost - r.duration_s) for r in stopped)
+    hits = [r for r in decided if r.cache and r.cache.hit]
+    reused_work = sum(float(r.cache.saved_s or 0.0) for r in hits)
+    saved += reused_work
+    teacher = [r.teacher_batches for r in decided if r.teacher_batches]
+    computed = sum(t.computed for t in teacher)
+    reused = sum(t.reused for t in teacher)
     if computed:  # a batch read instead of run saved what running one cost on average
-        saved += reused * sum(t.get("compute_s", 0.0) for t in teacher) / computed
-    counted = [r for r in decided if since is None or r.get("started", 0) >= since]
+        saved += reused * sum(t.compute_s for t in teacher) / computed
+    counted = [r for r in decided if since is None or r.started >= since]
     return {
         "wall_s": round(wall_s, 1),
         "trials_per_hour": round(len(counted) / wall_s * 3600, 1) if wall_s > 0 else None,
         "decided": len(decided),
-        "completed": sum(r["state"] == "complete" and not r.get("stopped") for r in decided),
+        "completed": sum(r.state == "complete" and not r.stopped for r in decided),
         "stopped": len(stopped),
         "stopped_fraction": round(len(stopped) / len(decided), 3) if decided else 0.0,
         "stopped_by_stage": by_stage,
         "cache_hits": len(hits),
-        "probes_reused": sum("probe_from" in r for r in decided),
+        "probes_reused": sum(r.probe_from is not None for r in decided),
         "teacher_batches_reused": reused,
         "time_saved_s_estimate": round(saved, 1),
-        "reused_work_s": round(sum(float(r["cache"].get("saved_s") or 0.0) for r in hits), 1),
+        "reused_work_s": round(reused_work, 1),
     }
 
 

@@ -36,18 +36,19 @@ class RunFolder:
         return self.path / "trials.jsonl"
 
     def write_json(self, name: str, data: Any) -> Path:
-        return atomic_write(self.path / name, json.dumps(data, indent=1, default=str))
+        return atomic_write(self.path / name, json.dumps(data, indent=1, default=_jsonable))
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
 
-    def append_trial(self, record: dict[str, Any]) -> None:
+    def append_trial(self, record: Any) -> None:
+        """Appends one record (a dict, or a typed record with ``to_json()``) to ``trials.jsonl``, durably."""
         with open(self.trials_file, "a+b") as fh:
             torn = False
             if fh.seek(0, os.SEEK_END) > 0:
                 fh.seek(-1, os.SEEK_END)
                 torn = fh.read(1) != b"\n"  # a crash cut the last line: never glue a record onto it
-            fh.write((("\n" if torn else "") + json.dumps(record, default=str) + "\n").encode())
+            fh.write((("\n" if torn else "") + json.dumps(record, default=_jsonable) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -75,6 +76,12 @@ class RunFolder:
     def log(self, line: str) -> None:
         with open(self.path / "run.log", "a") as fh:
             fh.write(line.rstrip() + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON for what ``json`` cannot write itself: a typed record's ``to_json()``, else its text."""
+    to_json = getattr(value, "to_json", None)
+    return to_json() if callable(to_json) else str(value)
 
 
 def atomic_write(path: Path, text: str | bytes) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autocompress.trial.base import prepare_base
 from autocompress.trial.pipeline import AGENT_NO_ENERGY, TrialSpec, run_trial, trial_dir
+from autocompress.trial.record import RECORD_VERSION, Metrics, TrialRecord, read_record, read_trials
 from autocompress.trial.watchdog import STEP_FILE, StepTimeout, log_to, read_step_file
 
-__all__ = ['AGENT_NO_ENERGY', 'STEP_FILE', 'StepTimeout', 'TrialSpec', 'log_to', 'prepare_base', 'read_step_file', 'run_trial', 'trial_dir']
+__all__ = ['AGENT_NO_ENERGY', 'Metrics', 'RECORD_VERSION', 'STEP_FILE', 'StepTimeout', 'TrialRecord', 'TrialSpec', 'log_to', 'prepare_base', 'read_record', 'read_step_file', 'read_trials', 'run_trial', 'trial_dir']

@@ -13,11 +13,10 @@ from safetensors.torch import save_file
 
 from autocompress.config import RunConfig
 from autocompress.data import load_data
-from autocompress.measure import module_predictor, top1
 from autocompress.errors import UserError
+from autocompress.measure import module_predictor, top1
 from autocompress.models import create_model, fit
-from autocompress.store import atomic_write
-from autocompress.store import sha256_file, verify_files
+from autocompress.store import atomic_write, sha256_file, verify_files
 
 
 def base_key(config: RunConfig) -> str:

@@ -1,8 +1,8 @@
 """One trial: copy the base, apply the chosen plugins prune → distill → quantize, save the
 artefact for the target runtime, reload it, and measure it.
 
-A trial takes a plain :class:`TrialSpec` and returns a plain record (a JSON-able dict),
-so any executor (in-process, Ray) can run it.
+A trial takes a plain :class:`TrialSpec` and returns a typed
+:class:`~autocompress.trial.record.TrialRecord`, so any executor (in-process, Ray) can run it.
 """
 
 from __future__ import annotations
@@ -24,20 +24,36 @@ import torch
 
 from autocompress.config import RunConfig
 from autocompress.data import DataBundle, load_data
-from autocompress.plugin import TeacherOutputs
-from autocompress.measure import count_params, measure_latency, module_predictor, top1
-from autocompress.models import create_model
-from autocompress.trial.base import load_base_weights
-from autocompress.trial.memo import ArtefactCache, ModelCache, content_key, link_or_copy
 from autocompress.device import AgentError
+from autocompress.measure import (
+    EnergyTracker,
+    count_params,
+    energy_meter,
+    get_runtime,
+    measure_footprint,
+    measure_latency,
+    module_predictor,
+    top1,
+)
+from autocompress.models import create_model
+from autocompress.objectives import metric_keys, required_metrics, structure_verdict, within_budget
+from autocompress.plugin import (
+    NONE,
+    STAGE_ORDER,
+    Artefact,
+    Registry,
+    Stage,
+    TeacherOutputs,
+    TrialContext,
+    curve_sample_size,
+    discover,
+)
+from autocompress.store import TRIAL_MODULE as MODULE_STEM
+from autocompress.store import NotRebuildable, content_key, file_hashes, link_or_copy, module_files, save_module
+from autocompress.trial.base import load_base_weights
 from autocompress.trial.early_stop import StopRule, StopTrial
-from autocompress.measure import EnergyTracker, energy_meter, measure_footprint
-from autocompress.objectives import constraints, metric_keys, required_metrics
-from autocompress.plugin import NONE, STAGE_ORDER, Artefact, Stage, TrialContext, curve_sample_size
-from autocompress.plugin import Registry, discover
-from autocompress.store import atomic_write
-from autocompress.store import TRIAL_MODULE as MODULE_STEM, NotRebuildable, file_hashes, module_files, save_module
-from autocompress.measure import get_runtime
+from autocompress.trial.memo import ArtefactCache, ModelCache, ProbeMemo
+from autocompress.trial.record import TrialRecord
 from autocompress.trial.watchdog import StepTimeout, timed_step
 
 BASE = "base"
@@ -127,8 +143,8 @@ def _slice_bias(run_dir: str, config_json: str) -> float:
     return top1(predict, sample) - top1(predict, data.val)
 
 
-def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
-    """Runs one trial and returns its record; never raises for a failing trial.
+def run_trial(spec: TrialSpec | dict) -> TrialRecord:
+    """Runs one trial and returns its :class:`~autocompress.trial.record.TrialRecord`; never raises for a failing trial.
 
     The record holds ``state`` (``complete``, ``pruned`` = stopped early, or ``fail``), ``reason``, ``choices``, ``metrics``
     (accuracy, test_accuracy, latency_ms, size_bytes, size_mb, params, macs, macs_int8, memory_mb, energy_mj,
@@ -141,195 +157,258 @@ def run_trial(spec: TrialSpec | dict) -> dict[str, Any]:
     """
     if isinstance(spec, dict):
         spec = TrialSpec(**spec)
-    started = time.time()
-    record: dict[str, Any] = {
-        "number": spec.number, "choices": spec.choices, "state": "running", "reason": None,
-        "host": socket.gethostname(), "started": started, "structure_only": spec.structure_only,
-    }
+    started, host = time.time(), socket.gethostname()
     out_dir = trial_dir(Path(spec.run_dir), spec.number)
     try:
         result = _run(spec, out_dir)
-        record["state"] = result.pop("state", "complete")
-        record["reason"] = result.pop("reason", None)
-        record.update(result)
+        return TrialRecord.measured(number=spec.number, choices=spec.choices, started=started, host=host,
+                                    structure_only=spec.structure_only, parts=result)
     except (Exception, MemoryError, StepTimeout) as err:  # a failing trial is data, not a crash
-        record["state"] = "fail"
-        record["reason"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+        details: dict[str, Any] = {}
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
         if isinstance(err, StepTimeout):  # "step timeout: prune channel_prune ran past 20m (search.step_timeout)"
-            record["reason"], record["timed_out"] = err.reason, err.to_dict()
+            reason, details["timed_out"] = err.reason, err.to_dict()
         if isinstance(err, AgentError):  # "agent http://127.0.0.1:8470 unreachable: [Errno 111] Connection refused"
-            record["reason"], record["agent_error"] = str(err)[:500], err.url
+            reason, details["agent_error"] = str(err)[:500], err.url
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "error.txt").write_text(traceback.format_exc())
         if not spec.keep_artefact or spec.number >= 0:
             for f in out_dir.glob("model*"):
                 f.unlink(missing_ok=True)
+        return TrialRecord.failed(number=spec.number, choices=spec.choices, reason=reason, started=started, host=host,
+                                  structure_only=spec.structure_only, **details)
     finally:
         shutil.rmtree(out_dir / "tmp", ignore_errors=True)
-    record["finished"] = time.time()
-    record["duration_s"] = round(record["finished"] - started, 3)
-    return record
 
 
 def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    config = RunConfig.model_validate(spec.config)
-    threads = config.device.threads
-    torch.set_num_threads(threads)
-    device = torch.device(config.device.type if config.device.type == "cpu" or torch.cuda.is_available() else "cpu")
-    if config.device.type == "cuda" and device.type != "cuda":
-        raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
-    registry = _registry(tuple(spec.plugin_files))
-    data: DataBundle = load_data(config.data, config.model.img_size)
-    runtime = get_runtime(trial_runtime(spec.choices, config))
-    teacher = _base_model(spec.run_dir, config.model_dump_json())
-    work = out_dir / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    steps = []
-    for stage in STAGE_ORDER:
-        name, params = spec.choices.get(stage.value, [NONE, {}])
-        if name != NONE:
-            steps.append((stage, name, params, registry.get(name)))
-    if spec.structure_only:
-        steps = [step for step in steps if step[3].changes_structure]
-    curve: list[list[float]] = []
-    durations: dict[str, float] = {}
-    curve_images = curve_sample_size(config.budget.max_accuracy_drop, len(data.val))
-    rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
-                    latency_margin=config.search.latency_margin, slice_size=curve_images,
-                    objectives=metric_keys(config.objectives))
-    offset = [0]
-    teacher_outputs: TeacherOutputs | None = None
-    if config.search.cache and teacher is not None and device.type == "cpu":  # hashing a batch costs more than a GPU forward
-        teacher_outputs = TeacherOutputs(teacher, Path(spec.run_dir) / "cache" / "teacher" / f"{_base_id(spec.run_dir)}-cpu",
-                                         max_bytes=config.search.cache_mb * 1e6)
+    """The pipeline of one trial, each step a method of :class:`_Trial`: a configuration that ran
+    before is only timed again; else its structure is probed first (one that cannot meet the
+    budget stops there, untrained); else the fine-tune runs (or comes from the memo), then the
+    quantizer, the export and the measurement."""
+    trial = _Trial(spec, out_dir)
+    return trial.repeat() or trial.probe() or trial.train_and_measure()
 
-    trainers = [0]  # fine-tuning stages still to run: a stage's last epoch ends the training only if it is the last
 
-    def report(step: int, accuracy: float, final: bool = False, last: int | None = None,
+class _Trial:
+    """What one trial's steps share: its config, data, runtime, base (the teacher), plugin steps,
+    the fine-tune's curve and stop rule, and the parts of its record gathered so far."""
+
+    def __init__(self, spec: TrialSpec, out_dir: Path) -> None:
+        self.t_start = time.perf_counter()
+        self.spec, self.out_dir = spec, out_dir
+        self.config = config = RunConfig.model_validate(spec.config)
+        torch.set_num_threads(config.device.threads)
+        self.device = torch.device(config.device.type if config.device.type == "cpu" or torch.cuda.is_available()
+                                   else "cpu")
+        if config.device.type == "cuda" and self.device.type != "cuda":
+            raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
+        registry = _registry(tuple(spec.plugin_files))
+        self.data: DataBundle = load_data(config.data, config.model.img_size)
+        self.runtime = get_runtime(trial_runtime(spec.choices, config))
+        self.teacher = _base_model(spec.run_dir, config.model_dump_json())
+        self.work = out_dir / "tmp"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.steps = [(stage, name, params, registry.get(name)) for stage in STAGE_ORDER
+                      for name, params in [spec.choices.get(stage.value, [NONE, {}])] if name != NONE]
+        if spec.structure_only:
+            self.steps = [step for step in self.steps if step[3].changes_structure]
+        self.trains = spec.number >= 0 and not spec.structure_only and any(cls.trains(p) for _, _, p, cls in self.steps)
+        self.curve: list[list[float]] = []
+        self.durations: dict[str, float] = {}
+        self.plugin_log: list[str] = []
+        self.out: dict[str, Any] = {"durations": self.durations, "curve": self.curve, "plugin_log": self.plugin_log}
+        self.curve_images = curve_sample_size(config.budget.max_accuracy_drop, len(self.data.val))
+        self.rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
+                             latency_margin=config.search.latency_margin, slice_size=self.curve_images,
+                             objectives=metric_keys(config.objectives))
+        self.offset = 0    # the curve's last step before the running stage: stages' epochs count on
+        self.pending: list = []  # steps not yet applied
+        self.trainers = 0  # fine-tuning steps from the running one on: a stage's last epoch ends the training only if it is the last
+        self.memo_root, self.memo_bytes = Path(spec.run_dir) / "cache", config.search.cache_mb * 1e6
+        self.teacher_outputs: TeacherOutputs | None = None
+        if config.search.cache and self.teacher is not None and self.device.type == "cpu":  # hashing a batch costs more than a GPU forward
+            self.teacher_outputs = TeacherOutputs(self.teacher, self.memo_root / "teacher" / f"{_base_id(spec.run_dir)}-cpu",
+                                                  max_bytes=self.memo_bytes)
+        self.artefacts: ArtefactCache | None = None
+        self.whole_key: str | None = None
+        self.timer = _step_timer(spec, config, out_dir)
+        self._save_and_measure = functools.partial(
+            _save_and_measure, spec=spec, config=config, runtime=self.runtime, data=self.data, device=self.device,
+            test_if=functools.partial(within_budget, budget=config.budget, floor=spec.floor)
+            if spec.number >= 0 else None)  # the base (and the reference probe) always
+
+    # -- what plugins and steps call --------------------------------------------------------
+
+    def report(self, step: int, accuracy: float, final: bool = False, last: int | None = None,
                whole: float | None = None) -> None:
-        curve.append([offset[0] + step, round(float(accuracy), 4)])
-        done = final and trainers[0] <= 1
-        trainers[0] -= bool(final)
+        """A plugin's ``ctx.report``: one point of the curve, judged by the stop rule."""
+        at, before = self.offset + step, None if last is None else self.offset + last
+        self.curve.append([at, round(float(accuracy), 4)])
+        done = final and self.trainers <= 1
         if done and whole is not None:  # a finished fine-tune: judged on the whole validation split
-            out["whole_val_after_training"] = round(float(whole), 4)
-            rule.check(offset[0] + step, float(whole), last=None if last is None else offset[0] + last, final=True,
-                       whole=True)
+            self.out["whole_val_after_training"] = round(float(whole), 4)
+            self.rule.check(at, float(whole), last=before, final=True, whole=True)
         elif not final or done:
-            rule.check(offset[0] + step, float(accuracy), last=None if last is None else offset[0] + last, final=done)
+            self.rule.check(at, float(accuracy), last=before, final=done)
 
-    def context(structure_only: bool, folder: Path) -> TrialContext:
+    def log(self, line: str) -> None:
+        """A plugin's ``ctx.log``: into the record's ``plugin_log`` and the trial folder's ``log.txt``."""
+        self.plugin_log.append(str(line))
+        with contextlib.suppress(OSError), open(self.out_dir / "log.txt", "a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+    def context(self, structure_only: bool, folder: Path) -> TrialContext:
         folder.mkdir(parents=True, exist_ok=True)
+        c = self.config
         return TrialContext(
-            data=data, teacher=teacher, device=device, runtime=runtime.name,
-            example_input=data.train.example(config.device.batch_size), workdir=folder,
-            seed=config.search.seed, batch_size=config.data.batch_size, threads=threads,
-            report=report, structure_only=structure_only, teacher_outputs=teacher_outputs, curve_images=curve_images)
+            data=self.data, teacher=self.teacher, device=self.device, runtime=self.runtime.name,
+            example_input=self.data.train.example(c.device.batch_size), workdir=folder,
+            seed=c.search.seed, batch_size=c.data.batch_size, threads=c.device.threads,
+            report=self.report, log=self.log, structure_only=structure_only, teacher_outputs=self.teacher_outputs,
+            curve_images=self.curve_images)
 
-    timer = _step_timer(spec, config, out_dir)
-    save_and_measure = functools.partial(
-        _save_and_measure, spec=spec, config=config, runtime=runtime, data=data, device=device,
-        test_if=functools.partial(_within_budget, config=config, floor=spec.floor)
-        if spec.number >= 0 else None)  # the base (and the reference probe) always
-
-    def measure(result, final: Path, *, after: list = (), **kw) -> dict[str, Any]:
+    def measure(self, result, final: Path, *, after: list = (), **kw) -> dict[str, Any]:
         """Export and measurement, one timed step (named after the plugin whose output it is)."""
         last = f", after {after[-1][0].value} {after[-1][1]}" if after else ""
-        with timer(f"export+measure ({runtime.name}{last})"):
-            return save_and_measure(result, final, **kw)
-    out: dict[str, Any] = {"durations": durations, "curve": curve}
-    trains = spec.number >= 0 and not spec.structure_only and any(cls.fine_tunes for *_, cls in steps)
-    artefacts = whole_key = None
-    if config.search.cache and spec.number >= 0 and spec.keep_artefact and not spec.structure_only:
-        artefacts = ArtefactCache(Path(spec.run_dir) / "cache" / "artefacts", max_bytes=config.search.cache_mb * 1e6)
-        whole_key = content_key(_base_id(spec.run_dir), runtime.name, [
-            [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in steps])
-        hit = artefacts.get(whole_key)
-        if hit is not None:  # the same configuration, trained and quantized on the same batches: the same bytes
-            return _remeasure(*hit, key=whole_key, out_dir=out_dir, runtime=runtime, curve=curve, durations=durations,
-                              measure=functools.partial(measure, after=steps))
-        if artefacts.corrupt:
-            out["artefact_cache"] = {"key": whole_key, "corrupt_rebuilt": True}
-    if trains and rule.mode != "none":
-        rule.slice_bias = _slice_bias(spec.run_dir, config.model_dump_json())
+        with self.timer(f"export+measure ({self.runtime.name}{last})"):
+            return self._save_and_measure(result, final, **kw)
 
-    if trains and config.search.structure_first:  # cheap figures first: structure only, no training
+    def apply(self, steps: list, model, ctx: TrialContext) -> "torch.nn.Module | Artefact":
+        """Applies plugin steps in order, each under the step time limit, the curve counting on."""
+        for step in steps:
+            if self.curve:
+                self.offset = int(self.curve[-1][0])
+            self.trainers = sum(cls.trains(p) for _, _, p, cls in self.pending)
+            self.pending.remove(step)
+            model = _apply([step], model, ctx, self.durations, timer=self.timer)
+        return model
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def repeat(self) -> dict[str, Any] | None:
+        """A configuration that ran before (trained and quantized on the same batches: the same
+        bytes): its artefact from the memo, timed again now; ``None`` when there is none."""
+        spec = self.spec
+        if not (self.config.search.cache and spec.number >= 0 and spec.keep_artefact and not spec.structure_only):
+            return None
+        self.artefacts = ArtefactCache(self.memo_root / "artefacts", max_bytes=self.memo_bytes)
+        self.whole_key = content_key(_base_id(spec.run_dir), self.runtime.name, [
+            [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in self.steps])
+        hit = self.artefacts.get(self.whole_key)
+        if hit is not None:
+            return _remeasure(*hit, key=self.whole_key, out_dir=self.out_dir, runtime=self.runtime, curve=self.curve,
+                              durations=self.durations, measure=functools.partial(self.measure, after=self.steps))
+        if self.artefacts.corrupt:
+            self.out["artefact_cache"] = {"key": self.whole_key, "corrupt_rebuilt": True}
+        return None
+
+    def probe(self) -> dict[str, Any] | None:
+        """Cheap figures first, when a fine-tune would follow: the untrained structure's latency and
+        size (from the memo when this structure was probed before). Returns the record of a trial
+        whose structure cannot meet the budget, stopped here; else ``None``."""
+        spec, config = self.spec, self.config
+        if self.trains and self.rule.mode != "none":
+            self.rule.slice_bias = _slice_bias(spec.run_dir, config.model_dump_json())
+        if not (self.trains and config.search.structure_first):
+            return None
         t0 = time.perf_counter()
-        structural = [s for s in steps if s[3].changes_structure]
-        probes = _ProbeMemo(spec.run_dir, runtime.name, structural) if config.search.cache else None
+        structural = [s for s in self.steps if s[3].changes_structure]
+        probes = (ProbeMemo(self.memo_root / "probes", _probe_key(spec.run_dir, self.runtime.name, structural))
+                  if config.search.cache else None)
         probe = probes.get() if probes else None
-        if probe is not None and "accuracy" not in probe["metrics"] and structure_verdict(probe["metrics"], config):
+        verdict_of = functools.partial(structure_verdict, budget=config.budget,
+                                       latency_margin=config.search.latency_margin)
+        if probe is not None and "accuracy" not in probe["metrics"] and verdict_of(probe["metrics"]):
             probe = None  # probed under another budget, without the accuracy a stopped trial's record needs
         if probe is None:
-            ctx = context(True, work / "probe")
-            probe_timer = lambda step: timer(f"{step} (structure probe)")  # noqa: E731
-            module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(teacher), ctx, durations={},
+            ctx = self.context(True, self.work / "probe")
+            probe_timer = lambda step: self.timer(f"{step} (structure probe)")  # noqa: E731
+            module = _apply([s for s in structural if s[0] != Stage.QUANTIZE], copy.deepcopy(self.teacher), ctx,
+                            durations={}, timer=probe_timer)
+            result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={},
                             timer=probe_timer)
-            result = _apply([s for s in structural if s[0] == Stage.QUANTIZE], module, ctx, durations={}, timer=probe_timer)
             # an untrained structure's accuracy only matters to the record of a trial stopped here
-            probe = measure(result, work / "probe" / f"model{runtime.suffix}", keep=False, params=count_params(module),
-                            module=module, accuracy_if=lambda metrics: structure_verdict(metrics, config) is not None, after=structural)
+            probe = self.measure(result, self.work / "probe" / f"model{self.runtime.suffix}", keep=False,
+                                 params=count_params(module), module=module,
+                                 accuracy_if=lambda metrics: verdict_of(metrics) is not None, after=structural)
             probe.pop("timings")
             if probes:
                 probes.put(probe, spec.number)
         else:
-            out["probe_from"] = probe.pop("trial")
-        durations["structure_first"] = round(time.perf_counter() - t0, 3)
-        out["probe"] = probe["metrics"]
-        rule.position = rule.position_of(probe["metrics"])
-        verdict = structure_verdict(probe["metrics"], config)
-        if verdict:
-            probe.update(out, artefact=None, stopped={"stage": "structure", "reason": verdict})
-            return _counted(probe, teacher_outputs)
+            self.out["probe_from"] = probe.pop("trial")
+        self.durations["structure_first"] = round(time.perf_counter() - t0, 3)
+        self.out["probe"] = probe["metrics"]
+        self.rule.position = self.rule.position_of(probe["metrics"])
+        verdict = verdict_of(probe["metrics"])
+        if not verdict:
+            return None
+        probe.update(self.out, artefact=None, stopped={"stage": "structure", "reason": verdict})
+        return _counted(probe, self.teacher_outputs)
 
-    ctx = context(spec.structure_only, work)
-    model: torch.nn.Module | Artefact = copy.deepcopy(teacher)
-    prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
-    cache = None
-    if trains and config.search.cache and any(cls.fine_tunes for *_, cls in prefix):
-        cache = ModelCache(Path(spec.run_dir) / "cache", max_bytes=config.search.cache_mb * 1e6)
-        key = content_key(_base_id(spec.run_dir), [[st.value, n, p] for st, n, p, _ in prefix])
+    def train_and_measure(self) -> dict[str, Any]:
+        """The fine-tuning stages (or their module from the memo), the quantizer, then the export
+        and measurement of the result; a stop during training ends the trial as ``pruned``."""
+        spec = self.spec
+        ctx = self.context(spec.structure_only, self.work)
+        model, steps = self.fine_tuned()
+        prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
+        self.pending = list(steps)
+        try:
+            t_prefix = time.perf_counter()
+            model = self.apply(prefix, model, ctx)
+            if self.out.get("cache") and prefix:
+                self.out["cache"]["stored"] = ModelCache(self.memo_root / "models", max_bytes=self.memo_bytes).put(
+                    self.out["cache"]["key"], model, {"trial": spec.number, "curve": list(self.curve),
+                                                      "seconds": round(time.perf_counter() - t_prefix, 3)},
+                    example=ctx.example_input, kwargs=self.config.model.kwargs)
+            result = self.apply([s for s in steps if s[0] == Stage.QUANTIZE], model, ctx)
+        except StopTrial as stop:
+            self.out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
+                "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
+                "rule": stop.rule, "reason": stop.reason, **({"after_training": True} if stop.final else {})})
+            return _counted(self.out, self.teacher_outputs)
+        exported = result if isinstance(result, torch.nn.Module) else model  # the float module that was saved or quantized
+        record = self.measure(result, self.out_dir / f"model{self.runtime.suffix}",
+                              keep=spec.keep_artefact and spec.number >= 0, params=count_params(exported),
+                              module=exported, after=steps)
+        record.update(self.out)
+        self.durations.update(record.pop("timings"))
+        record = _counted(record, self.teacher_outputs)
+        self.remember(record)
+        (self.out_dir / "record.json").write_text(json.dumps(record, indent=1))
+        return record
+
+    def fine_tuned(self) -> tuple["torch.nn.Module", list]:
+        """The model the remaining steps start from, and those steps: the fine-tuned module from
+        the memo when a trial with the same stages before the quantizer trained it, else the base."""
+        model, steps = copy.deepcopy(self.teacher), self.steps
+        prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
+        if not (self.trains and self.config.search.cache and any(cls.trains(p) for _, _, p, cls in prefix)):
+            return model, steps
+        cache = ModelCache(self.memo_root / "models", max_bytes=self.memo_bytes)
+        key = content_key(_base_id(self.spec.run_dir), [[st.value, n, p] for st, n, p, _ in prefix])
         hit = cache.get(key)
-        if hit is not None:
-            model, meta = hit
-            curve.extend(meta.get("curve", []))
-            out["cache"] = {"key": key, "hit": True, "kind": "model", "from_trial": meta.get("trial"),
-                            "saved_s": meta.get("seconds")}
-            steps = [s for s in steps if s[0] == Stage.QUANTIZE]
-            prefix = []
-        else:
-            out["cache"] = {"key": key, "hit": False, "kind": "model", "corrupt_rebuilt": cache.corrupt > 0}
-    trainers[0] = sum(cls.fine_tunes for *_, cls in steps)
-    try:
-        t_prefix = time.perf_counter()
-        model = _apply(prefix, model, ctx, durations, offset=offset, curve=curve, timer=timer)
-        if cache is not None and prefix:
-            out["cache"]["stored"] = cache.put(
-                key, model, {"trial": spec.number, "curve": list(curve), "seconds": round(time.perf_counter() - t_prefix, 3)},
-                example=ctx.example_input, kwargs=config.model.kwargs)
-        result = _apply([s for s in steps if s[0] == Stage.QUANTIZE], model, ctx, durations, offset=offset, curve=curve,
-                        timer=timer)
-    except StopTrial as stop:
-        out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
-            "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
-            "rule": stop.rule, "reason": stop.reason, **({"after_training": True} if stop.final else {})})
-        return _counted(out, teacher_outputs)
-    exported = result if isinstance(result, torch.nn.Module) else model  # the float module that was saved or quantized
-    record = measure(result, out_dir / f"model{runtime.suffix}", keep=spec.keep_artefact and spec.number >= 0,
-                     params=count_params(exported), module=exported, after=steps)
-    record.update(out)
-    durations.update(record.pop("timings"))
-    record = _counted(record, teacher_outputs)
-    if artefacts is not None and record["artefact"] is not None:
+        if hit is None:
+            self.out["cache"] = {"key": key, "hit": False, "kind": "model", "corrupt_rebuilt": cache.corrupt > 0}
+            return model, steps
+        model, meta = hit
+        self.curve.extend(meta.get("curve", []))
+        self.out["cache"] = {"key": key, "hit": True, "kind": "model", "from_trial": meta.get("trial"),
+                             "saved_s": meta.get("seconds")}
+        return model, [s for s in steps if s[0] == Stage.QUANTIZE]
+
+    def remember(self, record: dict[str, Any]) -> None:
+        """Keeps a finished artefact and its byte-only figures in the memo, for a later repeat."""
+        if self.artefacts is None or record["artefact"] is None:
+            return
         m = record["metrics"]
-        artefacts.put(whole_key, sorted(f for f in out_dir.glob("model*") if f.is_file()), {
-            "trial": spec.number, "main": f"model{runtime.suffix}", "precision": m["precision"], "params": m["params"],
-            "macs": m.get("macs"), "macs_int8": m.get("macs_int8"),
+        self.artefacts.put(self.whole_key, sorted(f for f in self.out_dir.glob("model*") if f.is_file()), {
+            "trial": self.spec.number, "main": f"model{self.runtime.suffix}", "precision": m["precision"],
+            "params": m["params"], "macs": m.get("macs"), "macs_int8": m.get("macs_int8"),
             "macs_by_op": (record.get("footprint") or {}).get("macs", {}).get("by_op"),
-            "accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"], "curve": list(curve),
-            "seconds": round(time.perf_counter() - t_start, 3)})
-    (out_dir / "record.json").write_text(json.dumps(record, indent=1))
-    return record
+            "accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"], "curve": list(self.curve),
+            "seconds": round(time.perf_counter() - self.t_start, 3)})
 
 
 def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, runtime, measure, curve: list,
@@ -392,66 +471,12 @@ def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, 
     return result
 
 
-class _ProbeMemo:
-    """Figures of structures already probed in this run, by base, runtime and structural steps.
-
-    Latency and size depend on the structure alone, so a later trial with the same pruning and
-    quantization (parameters in a plugin's ``probe_ignores`` aside) reuses them instead of
-    building and timing the same artefact again.
-    """
-
-    def __init__(self, run_dir: str, runtime: str, structural: list) -> None:
-        shape = [[st.value, n, {k: v for k, v in cls.Config.model_validate(p).model_dump(mode="json").items()
-                                if k not in cls.probe_ignores}] for st, n, p, cls in structural]
-        key = content_key(_base_id(run_dir), runtime, shape)
-        self.path = Path(run_dir) / "cache" / "probes" / f"{key}.json"
-
-    def get(self) -> dict | None:
-        try:
-            probe = json.loads(self.path.read_text())
-            return probe if {"metrics", "trial"} <= probe.keys() else None
-        except (OSError, ValueError):  # missing or unreadable: probe again
-            return None
-
-    def put(self, probe: dict, trial: int) -> None:
-        atomic_write(self.path, json.dumps({**probe, "trial": trial}))
-
-
-def structure_verdict(metrics: dict, config: RunConfig) -> str | None:
-    """Why a structure (measured before any training) cannot meet the budget, or ``None``."""
-    budget = config.budget
-    if budget.max_size_mb is not None and metrics["size_mb"] > budget.max_size_mb:
-        return f"size {metrics['size_mb']:.3f} MB > budget {budget.max_size_mb} MB before fine-tuning"
-    margin = 1 + config.search.latency_margin
-    if budget.max_latency_ms is not None and metrics["latency_ms"] > budget.max_latency_ms * margin:
-        return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
-                f"(+{config.search.latency_margin:.0%} margin) before fine-tuning")
-    ratio = metrics.get("latency_vs_base")
-    if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
-        return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
-                f"(+{config.search.latency_margin:.0%} margin) before fine-tuning")
-    # counted from the structure: exact, no margin
-    if budget.max_params is not None and metrics.get("params") is not None and metrics["params"] > budget.max_params:
-        return f"params {metrics['params']:,} > budget {budget.max_params:,}"
-    if budget.max_macs is not None and metrics.get("macs") is not None and metrics["macs"] > budget.max_macs:
-        return f"MACs {metrics['macs']:,} > budget {budget.max_macs:,.0f}"
-    # measured: the latency margin allows for their noise too
-    for field, key, unit in (("max_memory_mb", "memory_mb", "MB memory"), ("max_energy_mj", "energy_mj", "mJ")):
-        limit, value = getattr(budget, field), metrics.get(key)
-        if limit is not None and value is not None and value > limit * margin:
-            return (f"{value:.3f} {unit} > budget {limit} {unit} (+{config.search.latency_margin:.0%} margin) "
-                    "before fine-tuning")
-    return None
-
-
-def _within_budget(metrics: dict, *, config: RunConfig, floor: float | None) -> bool:
-    """Whether measured ``metrics`` meet the budget (the accuracy floor only where it is known)."""
-    budget, drop = config.budget, config.budget.max_accuracy_drop
-    if floor is None or drop is None:
-        budget, base_accuracy = budget.model_copy(update={"max_accuracy_drop": None}), 0.0
-    else:
-        base_accuracy = floor + drop
-    return all(v <= 0 for v in constraints({"metrics": metrics}, budget, base_accuracy).values())
+def _probe_key(run_dir: str, runtime: str, structural: list) -> str:
+    """A structure's key: base, runtime and structural steps, less the parameters in a plugin's
+    ``probe_ignores`` (latency and size depend on the structure alone)."""
+    shape = [[st.value, n, {k: v for k, v in cls.Config.model_validate(p).model_dump(mode="json").items()
+                            if k not in cls.probe_ignores}] for st, n, p, cls in structural]
+    return content_key(_base_id(run_dir), runtime, shape)
 
 
 def _base_id(run_dir: str) -> str:

@@ -13,8 +13,17 @@ FAMILIES = FIVE_FAMILIES
 
 class TestChannelPrune(PluginContract):
     plugin_cls = load_plugin("channel_prune")
-    params = {"ratio": 0.5}
+    params = {"ratio": 0.5, "iterative_steps": 2, "finetune_epochs": 0.2}  # trains between the steps
     models = FAMILIES
+
+
+def test_fine_tunes_between_steps_report_one_curve(tmp_path):
+    ctx = make_context(tmp_path, None)
+    curve = []
+    ctx.report = lambda step, acc, final=False, last=None, whole=None: curve.append((step, final, last))
+    load_plugin("channel_prune").from_params({"ratio": 0.5, "iterative_steps": 3, "finetune_epochs": 0.5}).apply(
+        tiny_model("test_resnet"), ctx)
+    assert curve == [(1, False, 2), (2, True, 2)]
 
 
 def _params(model):
