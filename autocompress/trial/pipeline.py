@@ -510,55 +510,16 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
     Raises:
         RuntimeError: A figure the run's objectives or budget need could not be measured.
     """
-    threads = config.device.threads
-    timings = {}
+    threads, batch = config.device.threads, config.device.batch_size
     t0 = time.perf_counter()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    example = data.train.example(config.device.batch_size)
-    if isinstance(result, torch.nn.Module):
-        artefact = runtime.save(result, example, final)
-        if keep:
-            # the float module itself (code-free), so `autocompress export` can write other formats exactly
-            try:
-                save_module(result, final.parent / MODULE_STEM, example, kwargs=config.model.kwargs,
-                            training_hooks=False)
-            except NotRebuildable:  # a module that does not rebuild from weights + structure only limits the formats
-                for f in module_files(final.parent / MODULE_STEM):
-                    f.unlink(missing_ok=True)
-    else:
-        if result.runtime != runtime.name:
-            raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
-        if Path(result.path) == final:  # already in place (a reused artefact)
-            artefact = result
-        else:
-            shutil.move(str(result.path), final)
-            extras = []
-            for extra in result.extra_files:  # e.g. an OpenVINO IR's .bin beside its .xml
-                dest = final.with_suffix(Path(extra).suffix)
-                shutil.move(str(extra), dest)
-                extras.append(dest)
-            artefact = Artefact(final, result.runtime, result.precision, extra_files=extras)
-    timings["export"] = round(time.perf_counter() - t0, 3)
+    artefact = _save(result, final, runtime=runtime, example=data.train.example(batch), keep=keep,
+                     kwargs=config.model.kwargs)
+    timings = {"export": round(time.perf_counter() - t0, 3)}
 
     t0 = time.perf_counter()
     predict = runtime.load(artefact, threads=threads, device=device.type)
-    predictors = {"trial": predict}
-    base_path = Path(spec.run_dir) / "base" / f"model{runtime.suffix}"
-    if spec.number >= 0 and base_path.exists():
-        predictors[BASE] = _base_predictor(str(base_path), runtime.name, threads, device.type, base_path.stat().st_mtime)
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    meter, no_energy = energy_meter(device.type) if not config.device.agents else (None, AGENT_NO_ENERGY)
-    tracker = EnergyTracker(meter, config.device.warmup) if meter is not None else None
-    latency_source: str | dict = "local"
-    if config.device.agents:  # timed on the target device (no node slot needed); the other figures stay local
-        lat, latency_source = _agent_latency(artefact, base_path if BASE in predictors else None, runtime=runtime,
-                                             config=config, example=data.test.example(config.device.batch_size))
-    else:
-        with measurement_lock():
-            lat = measure_latency(tracker.wrap(predictors) if tracker else predictors,
-                                  data.test.example(config.device.batch_size), warmup=config.device.warmup,
-                                  repeats=config.device.repeats, rounds=config.device.rounds, threads=threads, sync=sync)
-    energy = tracker.finish() if tracker else {}
+    lat, latency_source, energy = _time(artefact, predict, spec=spec, config=config, runtime=runtime, data=data,
+                                        device=device)
     size = artefact.size_bytes()
     metrics = {"latency_ms": lat["trial"].median_ms, "size_bytes": size, "size_mb": round(size / 1e6, 6),
                "params": params, "precision": artefact.precision, "runtime": artefact.runtime}
@@ -566,9 +527,9 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         metrics["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
     required = required_metrics(config)
     figures = measure_footprint(
-        artefact, module=module, example=data.train.example(config.device.batch_size), known=known,
-        energy=energy.get("trial"), energy_source=meter.source if meter else None, no_energy=no_energy,
-        base_energy=energy.get(BASE), threads=threads, device=device.type)
+        artefact, module=module, example=data.train.example(batch), known=known,
+        energy=energy["figures"].get("trial"), energy_source=energy["source"], no_energy=energy["not_available"],
+        base_energy=energy["figures"].get(BASE), threads=threads, device=device.type)
     metrics.update(figures.metrics)
     if "memory_mb" in required:  # an objective or a budget: every artefact, before feasibility is judged
         figures.memory()
@@ -591,24 +552,85 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         raise RuntimeError("; ".join(f"{k} could not be measured, but the run's objectives or budget need it: {why}"
                                      for k, why in missing.items()))
     timings["measure"] = round(time.perf_counter() - t0, 3)
+    kept = keep or spec.number < 0
     record = {
         "metrics": metrics,
         "latency": lat["trial"].to_dict(),
         "timings": timings,
-        "artefact": str(final.relative_to(spec.run_dir)) if keep or spec.number < 0 else None,
+        "artefact": str(final.relative_to(spec.run_dir)) if kept else None,
         "device": _device_name(device),
         "latency_source": latency_source,
         "footprint": figures.detail,
     }
-    if keep or spec.number < 0:  # checked before any later use of the files (load, export, resume)
+    if kept:  # checked before any later use of the files (load, export, resume)
         record["files"] = file_hashes([*artefact.files, *module_files(final.parent / MODULE_STEM)], spec.run_dir)
     if BASE in lat:
         record["base_latency_same_window"] = lat[BASE].to_dict()
         record["latency_vs_base"] = metrics["latency_vs_base"]
-    if not (keep or spec.number < 0):
+    if not kept:
         for f in artefact.files:
             f.unlink(missing_ok=True)
     return record
+
+
+def _save(result: "torch.nn.Module | Artefact", final: Path, *, runtime, example: torch.Tensor, keep: bool,
+          kwargs: dict) -> Artefact:
+    """The export step: a module saved for the runtime at ``final`` (and, when kept, the float module
+    itself, code-free, so `autocompress export` can write other formats exactly), or a quantizer's
+    artefact moved there."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, torch.nn.Module):
+        artefact = runtime.save(result, example, final)
+        if keep:
+            try:
+                save_module(result, final.parent / MODULE_STEM, example, kwargs=kwargs, training_hooks=False)
+            except NotRebuildable:  # a module that does not rebuild from weights + structure only limits the formats
+                for f in module_files(final.parent / MODULE_STEM):
+                    f.unlink(missing_ok=True)
+        return artefact
+    if result.runtime != runtime.name:
+        raise RuntimeError(f"quantizer produced a {result.runtime} artefact, target runtime is {runtime.name}")
+    if Path(result.path) == final:  # already in place (a reused artefact)
+        return result
+    shutil.move(str(result.path), final)
+    extras = []
+    for extra in result.extra_files:  # e.g. an OpenVINO IR's .bin beside its .xml
+        dest = final.with_suffix(Path(extra).suffix)
+        shutil.move(str(extra), dest)
+        extras.append(dest)
+    return Artefact(final, result.runtime, result.precision, extra_files=extras)
+
+
+def _time(artefact: Artefact, predict, *, spec: TrialSpec, config: RunConfig, runtime, data: DataBundle,
+          device: torch.device) -> tuple[dict, "str | dict", dict]:
+    """The latency step: the artefact timed in interleaved rounds beside the base (same window),
+    locally under the node's measurement lock or on the latency agent, with energy where a
+    counter can see it.
+
+    Returns:
+        ``({"trial": Latency, "base": Latency}, latency source, {"figures", "source", "not_available"})``.
+    """
+    threads = config.device.threads
+    predictors = {"trial": predict}
+    base_path = Path(spec.run_dir) / "base" / f"model{runtime.suffix}"
+    if spec.number >= 0 and base_path.exists():
+        predictors[BASE] = _base_predictor(str(base_path), runtime.name, threads, device.type, base_path.stat().st_mtime)
+    meter, no_energy = energy_meter(device.type) if not config.device.agents else (None, AGENT_NO_ENERGY)
+    tracker = EnergyTracker(meter, config.device.warmup) if meter is not None else None
+    example = data.test.example(config.device.batch_size)
+    if config.device.agents:  # timed on the target device (no node slot needed); the other figures stay local
+        lat, source = _agent_latency(artefact, base_path if BASE in predictors else None, runtime=runtime,
+                                     config=config, example=example)
+    else:
+        source = "local"
+        with measurement_lock():
+            lat = measure_latency(tracker.wrap(predictors) if tracker else predictors, example,
+                                  warmup=config.device.warmup, repeats=config.device.repeats,
+                                  rounds=config.device.rounds, threads=threads,
+                                  sync=torch.cuda.synchronize if device.type == "cuda" else None)
+    energy = {"figures": tracker.finish() if tracker else {}, "source": meter.source if meter else None,
+              "not_available": no_energy}
+    return lat, source, energy
 
 
 def _device_name(device: torch.device) -> str:
