@@ -171,4 +171,3 @@ def link_or_copy(src: Path, dest: Path) -> Path:
     except OSError:  # another file system, or no hard links
         shutil.copyfile(src, dest)
     return dest
-from autocompress.trial import run_trial  # a store importing the trial: forbidden
