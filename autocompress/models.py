@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
-from typing import Callable
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import timm
 import torch
@@ -13,6 +17,7 @@ import torch.nn.functional as F
 from autocompress.config import ModelConfig
 from autocompress.data import DataBundle
 from autocompress.errors import UserError
+from autocompress.store import Memo
 
 
 def create_model(config: ModelConfig, num_classes: int) -> torch.nn.Module:
@@ -108,12 +113,177 @@ def _misfit(own: dict, state: dict, show: int = 3) -> str:
     return "; ".join(parts)
 
 
+class TimeUp(BaseException):
+    """Raised by :func:`fit` between two batches once its ``deadline`` has passed, after its state was saved.
+
+    A ``BaseException``, like :class:`autocompress.trial.StepTimeout`, so that a plugin's ``except
+    Exception`` cannot swallow it and go on with a half-trained model.
+
+    Attributes:
+        epoch / step: Where the fit stopped (its epoch, and optimizer steps taken).
+        saved: Whether its state was saved for a continuation.
+    """
+
+    def __init__(self, epoch: int, step: int, saved: bool) -> None:
+        super().__init__(f"stopped at the time limit in epoch {epoch}, after step {step}"
+                         + ("" if saved else " (its state could not be saved)"))
+        self.epoch, self.step, self.saved = epoch, step, saved
+
+
+class NotCheckpointable(ValueError):
+    """A fit state holds something that is neither a tensor nor plain JSON data."""
+
+
+@dataclass
+class FitState:
+    """Where a :func:`fit` stopped, and all it needs to go on exactly as if it had not.
+
+    Attributes:
+        epoch: The epoch it was in.
+        in_epoch: Batches of that epoch already trained on.
+        step: Optimizer steps taken.
+        total_steps: Steps of the whole fit (a state of another schedule is not continued).
+        model: The model's ``state_dict``.
+        optimizer / scheduler: Their ``state_dict``.
+        rng: Torch's CPU random state (and ``cuda``'s on a GPU), for dropout and the like.
+    """
+
+    epoch: int
+    in_epoch: int
+    step: int
+    total_steps: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+
+    TENSORS = "state.safetensors"
+    PLAIN = "state.json"
+
+    def write(self, folder: Path) -> list[Path]:
+        """Writes the state as safetensors (every tensor) and JSON (the rest); no pickle.
+
+        Raises:
+            NotCheckpointable: A value is neither a tensor nor JSON data.
+        """
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        plain = {"epoch": self.epoch, "in_epoch": self.in_epoch, "step": self.step, "total_steps": self.total_steps,
+                 **{part: _flatten(getattr(self, part), part, tensors)
+                    for part in ("model", "optimizer", "scheduler", "rng")}}
+        folder = Path(folder)
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(folder / self.TENSORS))
+        (folder / self.PLAIN).write_text(json.dumps(plain))
+        return [folder / self.TENSORS, folder / self.PLAIN]
+
+    @classmethod
+    def read(cls, folder: Path) -> "FitState":
+        """Reads what :meth:`write` wrote.
+
+        Raises:
+            ValueError: The files do not hold a fit state.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            tensors = load_file(str(folder / cls.TENSORS), device="cpu")
+            plain = json.loads((folder / cls.PLAIN).read_text())
+            return cls(epoch=int(plain["epoch"]), in_epoch=int(plain["in_epoch"]), step=int(plain["step"]),
+                       total_steps=int(plain["total_steps"]),
+                       **{part: _unflatten(plain[part], tensors) for part in ("model", "optimizer", "scheduler", "rng")})
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a fit state: {_first_line(err)}") from None
+
+
+def _flatten(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """``value`` as JSON data, each tensor moved to ``tensors`` under its path; dict keys keep their type
+    (an optimizer's state is keyed by parameter index) and tuples stay tuples."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value
+        return {"tensor": path}
+    if isinstance(value, dict):
+        return {"dict": [[key, _flatten(v, f"{path}.{key}", tensors)] for key, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"tuple": [_flatten(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_flatten(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise NotCheckpointable(f"{path} is a {type(value).__name__}")
+
+
+def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    if isinstance(value, dict):
+        (kind, inner), = value.items()
+        if kind == "tensor":
+            return tensors[inner]
+        if kind == "tuple":
+            return tuple(_unflatten(v, tensors) for v in inner)
+        if kind == "dict":
+            return {key: _unflatten(v, tensors) for key, v in inner}
+        raise ValueError(f"unknown entry {kind!r}")
+    return value
+
+
+class FitCheckpoint:
+    """Where one :func:`fit` saves its state at its deadline, and finds it again: an entry of a
+    :class:`~autocompress.store.Memo` (verified against its digests on read).
+
+    Args:
+        memo: The entries' store.
+        key: The entry: the same training (model, data, schedule) must get the same key.
+        ordinal: Which fit of those that share ``key`` this is (a plugin may fit more than once).
+    """
+
+    def __init__(self, memo: Memo, key: str, ordinal: int = 0) -> None:
+        self.memo, self.key, self.ordinal = memo, key, ordinal
+        self._found = False
+
+    def load(self) -> tuple[FitState, dict] | None:
+        """The saved state and its entry's metadata; ``None`` when there is none for this fit
+        (an unreadable one is removed)."""
+        entry = self.memo.get(self.key)
+        if entry is None or entry.meta.get("ordinal") != self.ordinal:
+            return None
+        self._found = True
+        try:
+            return FitState.read(entry.folder), entry.meta
+        except ValueError:
+            self.memo.remove(self.key)
+            return None
+
+    def save(self, state: FitState) -> bool:
+        """Stores ``state`` (replacing an earlier one); ``False`` when it cannot be written without pickle."""
+        try:
+            self.memo.put_with(self.key, state.write, {**self.meta(), "ordinal": self.ordinal, "epoch": state.epoch,
+                                                       "step": state.step})
+        except NotCheckpointable:
+            return False
+        return True
+
+    def meta(self) -> dict:
+        """What the entry keeps besides the state (JSON); a subclass adds what its caller needs to continue."""
+        return {}
+
+    def resumed(self, state: FitState, meta: dict) -> None:
+        """Called when :func:`fit` continues from ``state``."""
+
+    def done(self) -> None:
+        """The fit ended (finished, failed or stopped early): the entry it continued from is no longer needed."""
+        if self._found:
+            self.memo.remove(self.key)
+
+
 def fit(
     model: torch.nn.Module, data: DataBundle, *, epochs: float, lr: float, seed: int = 0,
     batch_size: int = 64, device: torch.device | str = "cpu", weight_decay: float = 0.05,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
-    label_smoothing: float = 0.1,
+    label_smoothing: float = 0.1, deadline: float | None = None, checkpoint: FitCheckpoint | None = None,
 ) -> torch.nn.Module:
     """Trains a model on the train split with AdamW and a one-cycle schedule.
 
@@ -129,6 +299,14 @@ def fit(
         loss_fn: ``loss_fn(logits, labels, inputs)``; default cross-entropy.
         on_epoch: Called after each epoch with its index and the model (e.g. to report accuracy).
         label_smoothing: Of the default cross-entropy.
+        deadline: Epoch seconds (``time.time()``); checked before each batch: past it, the state is
+            saved to ``checkpoint`` and :class:`TimeUp` raised.
+        checkpoint: Where the state is saved at the deadline and continued from: a fit that finds a
+            state of the same schedule (and model shapes) there starts where it stopped, on the same
+            batches, and ends with the weights an uninterrupted fit would have.
+
+    Raises:
+        TimeUp: The deadline passed.
     """
     device = torch.device(device)
     model.to(device).train()
@@ -140,21 +318,69 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)
     loss_fn = loss_fn or (lambda logits, labels, inputs: F.cross_entropy(logits, labels, label_smoothing=label_smoothing))
-    step = 0
-    for epoch in range(whole):
-        for inputs, labels in data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch, train=True):
-            if step >= total_steps:
-                break
-            inputs, labels = inputs.to(device), labels.to(device)
-            loss = loss_fn(model(inputs), labels, inputs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-        if on_epoch is not None:
-            on_epoch(epoch, model)
-            model.train()
+    step, first_epoch, skip = 0, 0, 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None and _continues(saved[0], model, total_steps):
+        state = saved[0]
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.load_state_dict(state.scheduler)
+        torch.set_rng_state(state.rng["cpu"])
+        if "cuda" in state.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(state.rng["cuda"], device)
+        step, first_epoch, skip = state.step, state.epoch, state.in_epoch
+        checkpoint.resumed(state, saved[1])
+    try:
+        for epoch in range(first_epoch, whole):
+            batches = data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch, train=True)
+            for in_epoch, (inputs, labels) in enumerate(batches):
+                if step >= total_steps:
+                    break
+                if in_epoch < skip:  # trained on before the stop: drawn, so the augmentation's generator goes on alike
+                    continue
+                if deadline is not None and time.time() >= deadline:
+                    _stop(model, optimizer, schedule, checkpoint, epoch=epoch, in_epoch=in_epoch, step=step,
+                          total_steps=total_steps, device=device)
+                inputs, labels = inputs.to(device), labels.to(device)
+                loss = loss_fn(model(inputs), labels, inputs)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+            skip = 0
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+                model.train()
+    except TimeUp:
+        raise
+    except BaseException:  # failed or stopped early (a StopTrial from on_epoch): nothing to continue
+        if checkpoint is not None:
+            checkpoint.done()
+        raise
+    if checkpoint is not None:
+        checkpoint.done()
     return model.eval()
+
+
+def _continues(state: FitState, model: torch.nn.Module, total_steps: int) -> bool:
+    """Whether ``state`` is one of this fit: the same schedule and the model's keys and shapes."""
+    own = model.state_dict()
+    return state.total_steps == total_steps and state.model.keys() == own.keys() and all(
+        tuple(state.model[k].shape) == tuple(v.shape) for k, v in own.items())
+
+
+def _stop(model, optimizer, schedule, checkpoint: FitCheckpoint | None, *, epoch: int, in_epoch: int, step: int,
+          total_steps: int, device: torch.device) -> None:
+    """Saves where the fit is (when it has a checkpoint) and raises :class:`TimeUp`."""
+    saved = False
+    if checkpoint is not None:
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        saved = checkpoint.save(FitState(epoch=epoch, in_epoch=in_epoch, step=step, total_steps=total_steps,
+                                         model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                         scheduler=schedule.state_dict(), rng=rng))
+    raise TimeUp(epoch, step, saved)

@@ -8,9 +8,10 @@ from autocompress.config.schema import (
     DataConfig,
     ModelConfig,
     RunConfig,
+    TrainConfig,
     dump_config,
     load_config,
     missing_runtime_package,
 )
 
-__all__ = ['DataConfig', 'ModelConfig', 'OBJECTIVE_KEYS', 'PROJECT_ROOT', 'RunConfig', 'dump_config', 'load_config', 'missing_runtime_package']
+__all__ = ['DataConfig', 'ModelConfig', 'OBJECTIVE_KEYS', 'PROJECT_ROOT', 'RunConfig', 'TrainConfig', 'dump_config', 'load_config', 'missing_runtime_package']

@@ -239,6 +239,24 @@ class DeviceConfig(_Strict):
         return [] if self.agent is None else [self.agent] if isinstance(self.agent, str) else list(self.agent)
 
 
+class TrainConfig(_Strict):
+    """Where the trials' training runs: each plugin's fine-tune, distillation and its teacher.
+
+    Export, latency, size, memory, energy and accuracy evaluation of each artefact stay on the target
+    (``device.type`` and ``device.runtime``): a model fine-tuned on a GPU is measured on the CPU it
+    ships to. The base model's own training (``model.train_epochs``) runs on the CPU.
+
+    Attributes:
+        device: ``auto`` (CUDA when the worker running the trial sees a CUDA device, else its CPU),
+            ``cpu`` or ``cuda``. With ``cuda``, a trial whose worker sees no CUDA device fails with
+            the reason, and a search whose trials run in this process, or on Ray with no
+            ``search.gpus_per_trial``, is refused before it starts. On Ray the trial trains on the
+            GPU Ray assigns it (``search.gpus_per_trial``).
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class SearchConfig(_Strict):
     """The search controller.
 
@@ -260,7 +278,9 @@ class SearchConfig(_Strict):
         executor: ``inprocess`` (trials run in this process) or ``ray``.
         workers: Trials in flight at once with ``ray`` (``inprocess`` runs one).
         cpus_per_trial: CPUs Ray reserves per trial; ``null`` = ``device.threads``.
-        gpus_per_trial: GPUs Ray reserves per trial (fractions share a GPU).
+        gpus_per_trial: GPUs Ray reserves per trial (fractions share a GPU), for its training
+            (``train.device``) and, with ``device.type: cuda``, its measurement. Ray hides the GPUs
+            from a trial that reserves none.
         ray_address: ``null`` starts a local Ray; ``auto`` joins the running cluster;
             ``ray://host:10001`` connects a remote one.
         warm_start: Enqueue the search space's known-good configurations first.
@@ -282,7 +302,7 @@ class SearchConfig(_Strict):
         cache: Reuse across trials, under ``RUN/cache`` (content-addressed, hash-verified): a
             pruned and fine-tuned float model for trials that differ only in later stages,
             the figures of a probed structure, a repeated configuration's whole artefact (then
-            only timed again), and (CPU runs) the base model's outputs on each fine-tuning
+            only timed again), and (trials training on the CPU) the base model's outputs on each fine-tuning
             batch, which every trial distilling from it would compute again.
         cache_mb: Disk cap of the model cache and, apart, of the artefact cache (the least
             recently used entries go first), and of the stored teacher outputs (which stop
@@ -334,6 +354,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     search_space: Path = Path("search_spaces/default.yaml")
     plugins_dir: Path | None = None

@@ -62,7 +62,8 @@ class TrialContext:
     Attributes:
         data: Train/val/test splits (fine-tune on ``train``, calibrate on ``train``).
         teacher: The float base model in eval mode, for distillation. Do not modify.
-        device: Torch device for training.
+        device: Torch device for training (``train.device``); the artefact is exported on the CPU
+            and measured on the target device, whatever trained it.
         runtime: Name of the runtime the final artefact is saved for.
         example_input: A normalised batch of the measured batch size.
         workdir: A folder for this trial's files.
@@ -80,7 +81,13 @@ class TrialContext:
             trial's ``log.txt`` and its record's ``plugin_log``.
         structure_only: Only latency and size will be measured (a cheap probe): skip training.
         teacher_outputs: ``teacher`` with its outputs kept per batch for the run (``search.cache``
-            on a CPU run), or ``None``; plugins use it through :meth:`frozen_teacher`.
+            when trials train on the CPU), or ``None``; plugins use it through :meth:`frozen_teacher`.
+        deadline: When the search's time is up (epoch seconds), or ``None``: a fine-tune through
+            :func:`autocompress.plugin.helpers.fit` stops there, saved, and raises
+            :class:`autocompress.models.TimeUp` (let it propagate); the search continues it on ``--resume``.
+        fit_checkpoint: ``fit_checkpoint()`` gives the next fine-tune's
+            :class:`autocompress.models.FitCheckpoint` (where it is saved at the deadline and
+            continued from), or is ``None``; :func:`autocompress.plugin.helpers.fit` calls it.
     """
 
     data: DataBundle
@@ -97,6 +104,8 @@ class TrialContext:
     structure_only: bool = False
     teacher_outputs: TeacherOutputs | None = None
     curve_images: int = VAL_SLICE
+    deadline: float | None = None
+    fit_checkpoint: Callable[[], Any] | None = None
 
     def calibration_size(self, count: int, *, probe: int = 1) -> int:
         """How much to calibrate on: ``count``, or at most ``probe`` in a structure probe.

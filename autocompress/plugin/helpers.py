@@ -60,10 +60,15 @@ def fit(model: torch.nn.Module, ctx: TrialContext, *, epochs: float, lr: float, 
         on_epoch: Called after each epoch with its index and the model.
         weight_decay: AdamW weight decay.
         seed: Seed of the shuffling and augmentation; default ``ctx.seed`` (every trial sees the same batches).
+
+    Raises:
+        TimeUp: ``ctx.deadline`` passed; the fine-tune was saved where it was and continues on
+            ``--resume`` (let it propagate).
     """
     return _fit(model, ctx.data, epochs=epochs, lr=lr, seed=ctx.seed if seed is None else seed,
                 batch_size=ctx.batch_size, device=ctx.device, weight_decay=weight_decay, loss_fn=loss_fn,
-                on_epoch=on_epoch)
+                on_epoch=on_epoch, deadline=ctx.deadline,
+                checkpoint=ctx.fit_checkpoint() if ctx.fit_checkpoint is not None else None)
 
 
 def create_student(name: str, *, num_classes: int, img_size: int, pretrained: bool = False) -> torch.nn.Module:

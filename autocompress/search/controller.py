@@ -42,9 +42,13 @@ from autocompress.plugin import NONE, STAGE_ORDER, Registry, discover
 from autocompress.search.space import SearchSpace, load_search_space
 from autocompress.search.throughput import throughput
 from autocompress.store import RunFolder, atomic_write
-from autocompress.trial import TrialRecord, TrialSpec, log_to, prepare_base, read_trials, trial_dir
+from autocompress.trial import TrialRecord, TrialSpec, log_to, prepare_base, read_trials, resolve_devices, trial_dir
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+STOP_GRACE_S = 30.0
+"""Seconds past the time limit that running trials get to stop on their own (a fine-tune stops at the
+deadline in its spec, saved, to continue on ``--resume``) before the controller cancels them (Ray)."""
 
 
 @dataclass
@@ -123,6 +127,7 @@ class Search:
         if self.config.model.checkpoint is not None and not Path(self.config.model.checkpoint).is_file():
             raise UserError(f"model.checkpoint: file not found: {self.config.model.checkpoint}")
         self._check_energy()
+        self._check_train_device()
         if self.config.device.agents:  # every agent answers, with the token, before any work
             from autocompress.device import check_agents
 
@@ -163,6 +168,44 @@ class Search:
         why = energy_unavailable(self.config.device.type)
         if why:
             raise UserError(f"{field_name}: energy cannot be measured on this machine ({why})")
+
+    def _check_train_device(self) -> None:
+        """``train.device: cuda`` where the trials cannot see a GPU is refused before any work.
+
+        In-process, the trials see what this process sees; on Ray, a trial sees a GPU only when it
+        reserves one (``search.gpus_per_trial``); a cluster's nodes are judged by its trials.
+        """
+        if self.config.train.device != "cuda":
+            return
+        search = self.config.search
+        if search.executor == "ray":
+            if search.gpus_per_trial <= 0:
+                raise UserError("train.device: cuda needs search.gpus_per_trial above 0 on Ray (a trial that "
+                                "reserves no GPU sees none); set it, or use train.device auto or cpu")
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("train.device: cuda, but this machine sees no CUDA device (torch.cuda.is_available() "
+                            "is false); use train.device auto or cpu")
+
+    def _train_note(self) -> dict[str, Any]:
+        """``machine.json``'s ``train``: the setting, and the device it picks for trials run in this process."""
+        note: dict[str, Any] = {"device": self.config.train.device}
+        if self.config.search.executor == "ray":
+            note.update(resolved="on each Ray worker: see each trial's train_device",
+                        gpus_per_trial=self.config.search.gpus_per_trial)
+            return note
+        import torch
+
+        try:
+            train, _ = resolve_devices(self.config)
+        except RuntimeError as err:  # the base's measurement fails with the same reason
+            return {**note, "resolved": None, "problem": str(err)}
+        note["resolved"] = train.type
+        if train.type == "cuda":
+            note["gpu"] = torch.cuda.get_device_name(train)
+        return note
 
     def _check_kept_objectives(self) -> None:
         """A run resumed with other objectives than it started with is one line, before any work."""
@@ -212,6 +255,7 @@ class Search:
         machine["energy"] = {"source": meter.source if meter else None, "not_available": no_energy}
         if self.config.device.agents:  # where latency is measured; this machine still trains and evaluates
             machine["agents"] = self.agent_machines
+        machine["train"] = self._train_note()  # where trials fine-tune; they are measured on device.type
         self.run.write_json("machine.json", machine)
         if self.normalisation_note:
             self.log(self.normalisation_note)
@@ -380,12 +424,15 @@ class Search:
         study.enqueue_trial(params, user_attrs={"requeued": params})
 
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial, choices: dict, reason: str,
-                   started: float | None) -> None:
+                   started: float | None, record: TrialRecord | None = None) -> None:
         """Records a trial that was stopped (Ctrl-C, time limit, crash) as failed and re-queues its params.
 
-        Order: stored record, trials.jsonl, re-queue, tell; each step is repeatable on resume.
+        ``record``: the interrupted record the trial returned itself (a fine-tune that stopped at its
+        deadline); else one is made here. Order: stored record, trials.jsonl, re-queue, tell; each step
+        is repeatable on resume.
         """
-        record = TrialRecord.interrupted_trial(number=trial.number, choices=choices, reason=reason, started=started)
+        if record is None:
+            record = TrialRecord.interrupted_trial(number=trial.number, choices=choices, reason=reason, started=started)
         trial.set_user_attr("record", record.to_json())
         self.records[trial.number] = record
         self.run.append_trial(record)
@@ -416,9 +463,24 @@ class Search:
             raise UserError(f"{self.run.path} is in use by another autocompress process; wait for it or stop it")
         return fh
 
-    def _past_limit(self) -> bool:
+    def _past_limit(self, grace: float = 0.0) -> bool:
         timeout = self.config.search.timeout
-        return timeout is not None and time.time() - self.progress.started >= timeout
+        return timeout is not None and time.time() - self.progress.started >= timeout + grace
+
+    def _trains(self, pending: dict, begun: dict) -> bool:
+        """Whether a running trial's configuration fine-tunes (it stops itself at the deadline, saved)."""
+        for number in pending:
+            choices = begun.get(number, (None, {}))[1]
+            for stage in STAGE_ORDER:
+                name, params = choices.get(stage.value, [NONE, {}])
+                if name != NONE and self.registry.get(name).trains(params):
+                    return True
+        return False
+
+    def _deadline(self) -> float | None:
+        """When the search's time is up (epoch seconds): handed to each trial, whose fine-tune stops there."""
+        timeout = self.config.search.timeout
+        return None if timeout is None else self.progress.started + timeout
 
     def stop(self) -> None:
         """Stops starting trials; the running ones finish (Ctrl-C, time budget)."""
@@ -437,8 +499,11 @@ class Search:
     def search(self) -> dict:
         """Runs the search to its trial count or time budget; returns the final ``pareto.json``.
 
-        At the time limit, trials still running are cancelled, recorded failed ("cancelled at
-        time limit") and re-queued for ``--resume``; Ctrl-C does the same, then re-raises.
+        At the time limit, a running fine-tune stops between two batches, saved, and its trial comes
+        back ``interrupted`` (reason "stopped at the time limit; continues on --resume"); other trials
+        still running are cancelled (Ray) at the limit, or :data:`STOP_GRACE_S` later while a
+        fine-tuning trial runs, recorded failed ("cancelled at time limit"). Both are re-queued for ``--resume``, which continues a saved fine-tune where it
+        stopped. Ctrl-C cancels and re-queues the running trials, then re-raises.
         """
         if self.registry is None:
             self.validate()
@@ -485,12 +550,19 @@ class Search:
                     started += 1
                     self.progress.running = len(pending)
                     self.on_event("start", {"number": trial.number, "choices": choices})
-                    self.executor.submit(self._spec(trial.number, choices, **self._stop_inputs()))
+                    self.executor.submit(self._spec(trial.number, choices, deadline=self._deadline(),
+                                                    **self._stop_inputs()))
                 if not pending:
                     break
                 for record in self.executor.poll(timeout=1.0):
                     trial = pending.pop(record.number, None)
                     if trial is None:
+                        continue
+                    if record.interrupted:  # its fine-tune stopped at the deadline, saved
+                        self.log(f"time limit: trial {record.number} stopped its fine-tune, saved; re-queued to "
+                                 "continue on --resume")
+                        self._interrupt(study, trial, record.choices, record.reason, record.started, record)
+                        self.progress.running = len(pending)
                         continue
                     self._tell(study, trial, record)
                     if record.state == "complete":
@@ -500,7 +572,7 @@ class Search:
                     self.on_event("trial", record)
                 if interrupted_flag:
                     raise KeyboardInterrupt
-                if pending and self._past_limit():
+                if pending and self._past_limit(grace=STOP_GRACE_S if self._trains(pending, begun) else 0.0):
                     self.log(f"time limit: {len(pending)} running trial(s) cancelled and re-queued for --resume")
                     self._abandon(study, pending, begun, "cancelled at time limit")
                     pareto = self._write_pareto()

@@ -35,7 +35,7 @@ from autocompress.measure import (
     module_predictor,
     top1,
 )
-from autocompress.models import create_model
+from autocompress.models import FitCheckpoint, FitState, TimeUp, create_model
 from autocompress.objectives import metric_keys, required_metrics, structure_verdict, within_budget
 from autocompress.plugin import (
     NONE,
@@ -49,7 +49,7 @@ from autocompress.plugin import (
     discover,
 )
 from autocompress.store import TRIAL_MODULE as MODULE_STEM
-from autocompress.store import NotRebuildable, content_key, file_hashes, link_or_copy, module_files, save_module
+from autocompress.store import Memo, NotRebuildable, content_key, file_hashes, link_or_copy, module_files, save_module
 from autocompress.trial.base import load_base_weights
 from autocompress.trial.early_stop import StopRule, StopTrial
 from autocompress.trial.memo import ArtefactCache, ModelCache, ProbeMemo
@@ -61,6 +61,8 @@ BASE = "base"
 # Wraps every latency measurement. A no-op in-process; an executor that runs trials side by
 # side (Ray) replaces it with a per-node lock so two measurements never overlap on one node.
 measurement_lock: Any = contextlib.nullcontext
+TIME_UP = "stopped at the time limit; continues on --resume"
+"""The reason of a trial whose fine-tune stopped itself at the search's time limit (saved, re-queued)."""
 AGENT_NO_ENERGY = "latency is timed on an agent (device.agent), where this machine's energy counter cannot see it"
 MODULE_FILES = tuple(f.name for f in module_files(MODULE_STEM))
 
@@ -82,6 +84,9 @@ class TrialSpec:
         history: Per-epoch curves ``[[step, accuracy], ...]`` of finished trials, for early stopping.
         front: ``[*objective values (the run's objectives, in order), latency / base]`` of the feasible trials on
             the front, for early stopping.
+        deadline: When the search's time is up (epoch seconds), or ``None``: a fine-tune running then
+            stops between two batches, saved, and the trial is recorded ``interrupted`` (re-queued; its
+            fine-tune continues on ``--resume``).
     """
 
     number: int
@@ -94,6 +99,7 @@ class TrialSpec:
     floor: float | None = None
     history: list = field(default_factory=list)
     front: list = field(default_factory=list)
+    deadline: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,6 +114,32 @@ def trial_dir(run_dir: Path, number: int) -> Path:
 def trial_runtime(choices: dict, config: RunConfig) -> str:
     """The runtime a trial is saved for: the searched one, else the configured one."""
     return (choices.get("runtime") or [config.device.runtimes[0]])[0]
+
+
+def resolve_devices(config: RunConfig, *, cuda: bool | None = None) -> tuple[torch.device, torch.device]:
+    """The device a trial trains on and the device its artefact is measured on, chosen apart.
+
+    Training (``ctx.device``: the plugins' fine-tunes, the teacher) follows ``train.device``;
+    export, latency, size, memory, energy and accuracy evaluation follow ``device.type``.
+
+    Args:
+        config: The run config.
+        cuda: Whether this process sees a CUDA device; ``None`` = ask torch.
+
+    Returns:
+        ``(train, target)``.
+
+    Raises:
+        RuntimeError: ``train.device`` or ``device.type`` is ``cuda`` where this process sees no CUDA
+            device (the trial fails with this reason).
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if config.device.type == "cuda" and not cuda:
+        raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
+    if config.train.device == "cuda" and not cuda:
+        raise RuntimeError("train.device is cuda but this worker sees no CUDA device")
+    train = "cuda" if config.train.device == "cuda" or (config.train.device == "auto" and cuda) else "cpu"
+    return torch.device(train), torch.device(config.device.type)
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,6 +195,10 @@ def run_trial(spec: TrialSpec | dict) -> TrialRecord:
         result = _run(spec, out_dir)
         return TrialRecord.measured(number=spec.number, choices=spec.choices, started=started, host=host,
                                     structure_only=spec.structure_only, parts=result)
+    except TimeUp as stop:  # the same record as a trial the controller cancels at the time limit (Ray)
+        with contextlib.suppress(OSError), open(out_dir / "log.txt", "a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {stop}\n")
+        return TrialRecord.interrupted_trial(number=spec.number, choices=spec.choices, reason=TIME_UP, started=started)
     except (Exception, MemoryError, StepTimeout) as err:  # a failing trial is data, not a crash
         details: dict[str, Any] = {}
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
@@ -199,14 +235,12 @@ class _Trial:
         self.spec, self.out_dir = spec, out_dir
         self.config = config = RunConfig.model_validate(spec.config)
         torch.set_num_threads(config.device.threads)
-        self.device = torch.device(config.device.type if config.device.type == "cpu" or torch.cuda.is_available()
-                                   else "cpu")
-        if config.device.type == "cuda" and self.device.type != "cuda":
-            raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
+        self.train_device, self.device = resolve_devices(config)  # fine-tunes on the first, measures on the second
         registry = _registry(tuple(spec.plugin_files))
         self.data: DataBundle = load_data(config.data, config.model.img_size)
         self.runtime = get_runtime(trial_runtime(spec.choices, config))
-        self.teacher = _base_model(spec.run_dir, config.model_dump_json())
+        # shared by the trials of this process; a plugin may have left it on the training device
+        self.teacher = _base_model(spec.run_dir, config.model_dump_json()).cpu()
         self.work = out_dir / "tmp"
         self.work.mkdir(parents=True, exist_ok=True)
         self.steps = [(stage, name, params, registry.get(name)) for stage in STAGE_ORDER
@@ -225,11 +259,15 @@ class _Trial:
         self.offset = 0    # the curve's last step before the running stage: stages' epochs count on
         self.pending: list = []  # steps not yet applied
         self.trainers = 0  # fine-tuning steps from the running one on: a stage's last epoch ends the training only if it is the last
+        self.step_key: str | None = None  # the running step's configuration (with the steps before it): its fits' checkpoints
+        self.fits = 0  # fits of the running step so far
         self.memo_root, self.memo_bytes = Path(spec.run_dir) / "cache", config.search.cache_mb * 1e6
         self.teacher_outputs: TeacherOutputs | None = None
-        if config.search.cache and self.teacher is not None and self.device.type == "cpu":  # hashing a batch costs more than a GPU forward
+        if config.search.cache and self.teacher is not None and self.train_device.type == "cpu":  # hashing a batch costs more than a GPU forward
             self.teacher_outputs = TeacherOutputs(self.teacher, self.memo_root / "teacher" / f"{_base_id(spec.run_dir)}-cpu",
                                                   max_bytes=self.memo_bytes)
+        # a model fine-tuned on a GPU differs from one fine-tuned on the CPU: memo keys say which (CPU runs keep theirs)
+        self.trained_on = [] if self.train_device.type == "cpu" else [f"trained on {self.train_device.type}"]
         self.artefacts: ArtefactCache | None = None
         self.whole_key: str | None = None
         self.timer = _step_timer(spec, config, out_dir)
@@ -262,11 +300,17 @@ class _Trial:
         folder.mkdir(parents=True, exist_ok=True)
         c = self.config
         return TrialContext(
-            data=self.data, teacher=self.teacher, device=self.device, runtime=self.runtime.name,
+            data=self.data, teacher=self.teacher, device=self.train_device, runtime=self.runtime.name,
             example_input=self.data.train.example(c.device.batch_size), workdir=folder,
             seed=c.search.seed, batch_size=c.data.batch_size, threads=c.device.threads,
             report=self.report, log=self.log, structure_only=structure_only, teacher_outputs=self.teacher_outputs,
-            curve_images=self.curve_images)
+            curve_images=self.curve_images, deadline=None if structure_only else self.spec.deadline,
+            fit_checkpoint=None if structure_only else self.fit_checkpoint)
+
+    def fit_checkpoint(self) -> FitCheckpoint:
+        """A plugin's ``ctx.fit_checkpoint``: where the running step's next fit is saved at the deadline."""
+        self.fits += 1
+        return _StepCheckpoint(self, Memo(self.memo_root / "resume"), self.step_key, self.fits - 1)
 
     def measure(self, result, final: Path, *, after: list = (), **kw) -> dict[str, Any]:
         """Export and measurement, one timed step (named after the plugin whose output it is)."""
@@ -281,6 +325,7 @@ class _Trial:
                 self.offset = int(self.curve[-1][0])
             self.trainers = sum(cls.trains(p) for _, _, p, cls in self.pending)
             self.pending.remove(step)
+            self.step_key, self.fits = self.fine_tune_key(self.steps[:self.steps.index(step) + 1]), 0
             model = _apply([step], model, ctx, self.durations, timer=self.timer)
         return model
 
@@ -294,7 +339,8 @@ class _Trial:
             return None
         self.artefacts = ArtefactCache(self.memo_root / "artefacts", max_bytes=self.memo_bytes)
         self.whole_key = content_key(_base_id(spec.run_dir), self.runtime.name, [
-            [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in self.steps])
+            [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in self.steps],
+            *self.trained_on)
         hit = self.artefacts.get(self.whole_key)
         if hit is not None:
             return _remeasure(*hit, key=self.whole_key, out_dir=self.out_dir, runtime=self.runtime, curve=self.curve,
@@ -351,6 +397,8 @@ class _Trial:
         and measurement of the result; a stop during training ends the trial as ``pruned``."""
         spec = self.spec
         ctx = self.context(spec.structure_only, self.work)
+        if self.trains:
+            self.out["train_device"] = _device_name(self.train_device)
         model, steps = self.fine_tuned()
         prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
         self.pending = list(steps)
@@ -387,7 +435,7 @@ class _Trial:
         if not (self.trains and self.config.search.cache and any(cls.trains(p) for _, _, p, cls in prefix)):
             return model, steps
         cache = ModelCache(self.memo_root / "models", max_bytes=self.memo_bytes)
-        key = content_key(_base_id(self.spec.run_dir), [[st.value, n, p] for st, n, p, _ in prefix])
+        key = self.fine_tune_key(prefix)
         hit = cache.get(key)
         if hit is None:
             self.out["cache"] = {"key": key, "hit": False, "kind": "model", "corrupt_rebuilt": cache.corrupt > 0}
@@ -397,6 +445,13 @@ class _Trial:
         self.out["cache"] = {"key": key, "hit": True, "kind": "model", "from_trial": meta.get("trial"),
                              "saved_s": meta.get("seconds")}
         return model, [s for s in steps if s[0] == Stage.QUANTIZE]
+
+    def fine_tune_key(self, steps: list) -> str:
+        """The key of what ``steps`` train (base, steps and parameters, where it trains): the memo's key of a
+        fine-tuned module, and of the checkpoint of a fit stopped in the last of ``steps``."""
+        runtime = [self.runtime.name] if any(st == Stage.QUANTIZE for st, *_ in steps) else []  # QAT trains for it
+        return content_key(_base_id(self.spec.run_dir), [[st.value, n, p] for st, n, p, _ in steps], *self.trained_on,
+                           *runtime)
 
     def remember(self, record: dict[str, Any]) -> None:
         """Keeps a finished artefact and its byte-only figures in the memo, for a later repeat."""
@@ -408,7 +463,27 @@ class _Trial:
             "params": m["params"], "macs": m.get("macs"), "macs_int8": m.get("macs_int8"),
             "macs_by_op": (record.get("footprint") or {}).get("macs", {}).get("by_op"),
             "accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"], "curve": list(self.curve),
-            "seconds": round(time.perf_counter() - self.t_start, 3)})
+            "train_device": record.get("train_device"), "seconds": round(time.perf_counter() - self.t_start, 3)})
+
+
+class _StepCheckpoint(FitCheckpoint):
+    """A fit's checkpoint in ``RUN/cache/resume``, keyed by the trial's configuration up to the running step
+    (a re-queued trial has the same): it also keeps the curve the fit reported before it stopped, and
+    a trial that continues from it puts that curve back and records ``continued_from``."""
+
+    def __init__(self, trial: _Trial, memo: Memo, key: str, ordinal: int) -> None:
+        super().__init__(memo, key, ordinal)
+        self.trial, self.mark = trial, len(trial.curve)
+
+    def meta(self) -> dict:
+        return {"trial": self.trial.spec.number, "curve": self.trial.curve[self.mark:]}
+
+    def resumed(self, state: FitState, meta: dict) -> None:
+        self.trial.curve.extend(meta.get("curve", []))
+        self.trial.out.setdefault("continued_from", {"trial": meta.get("trial"), "epoch": state.epoch,
+                                                     "step": state.step})
+        self.trial.log(f"continued the fine-tune trial {meta.get('trial')} stopped at the time limit "
+                       f"(epoch {state.epoch}, step {state.step} of {state.total_steps})")
 
 
 def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, runtime, measure, curve: list,
@@ -423,6 +498,8 @@ def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, r
                      params=meta["params"], known=meta)
     curve.extend(meta.get("curve", []))
     durations.update(record.pop("timings"))
+    if meta.get("train_device"):
+        record["train_device"] = meta["train_device"]
     record.update(durations=durations, curve=curve, cache={
         "key": key, "hit": True, "kind": "artefact", "from_trial": meta.get("trial"), "saved_s": meta.get("seconds")})
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))

@@ -153,6 +153,15 @@ class TeacherBatches(_Part):
     compute_s: float = 0.0
 
 
+class ContinuedFrom(_Part):
+    """The stopped fine-tune a trial continued: the trial stopped at the time limit, and the epoch and
+    optimizer step it had reached."""
+
+    trial: int | None = None
+    epoch: int
+    step: int
+
+
 class TimedOut(_Part):
     """A step that ran past ``search.step_timeout``."""
 
@@ -173,6 +182,8 @@ class TrialRecord(_Part):
         metrics: The measured figures (``None`` for a failed or pruned trial).
         latency / base_latency_same_window / latency_vs_base / latency_source / device: How latency
             was timed (``latency_source`` is ``local`` or the agent that timed it).
+        train_device: The device the trial's fine-tune ran on (``train.device``), e.g. ``cuda:NVIDIA H200``
+            or ``cpu:x86_64``; ``None`` when nothing trained (and in runs from before it was recorded).
         footprint: How MACs, memory and energy were measured.
         durations: Seconds per stage and step.
         curve: ``[[step, accuracy], ...]`` of the fine-tune.
@@ -185,6 +196,7 @@ class TrialRecord(_Part):
         node_id / worker_pid / measure_slot / measure_wait_s / attempts: Where an executor ran it.
         feasible / constraints: The controller's verdict on the budget.
         interrupted: Stopped by the search (Ctrl-C, time limit, crash) and re-queued.
+        continued_from: A fine-tune stopped at the time limit that this trial continued.
         by_runtime: The base's figures on each target runtime (``base.json`` only).
         plugin_log: Lines the trial's plugins logged.
     """
@@ -205,6 +217,7 @@ class TrialRecord(_Part):
     latency_vs_base: float | None = None
     latency_source: str | dict[str, Any] | None = None
     device: str | None = None
+    train_device: str | None = None
     footprint: dict[str, Any] | None = None
     durations: dict[str, float] = Field(default_factory=dict)
     curve: list[list[int | float]] = Field(default_factory=list)
@@ -227,6 +240,7 @@ class TrialRecord(_Part):
     feasible: bool | None = None
     constraints: dict[str, float] | None = None
     interrupted: bool = False
+    continued_from: ContinuedFrom | None = None
     by_runtime: dict[str, Metrics] | None = None
     plugin_log: list[str] = Field(default_factory=list)
 
