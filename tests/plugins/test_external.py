@@ -1,26 +1,39 @@
-"""A plugin from outside the shipped set (docs/examples/svd_lowrank.py): its own test passes, and a real
-search with ``--plugins-dir docs/examples`` composes it with a shipped quantizer."""
+"""A plugin from outside the shipped set (docs/examples/svd_lowrank.py), copied with its test to a folder
+outside the project as an author would keep them: its own test passes there, and a real search with
+``--plugins-dir`` that folder composes it with a shipped quantizer."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, run_main, write_yaml
 
-EXAMPLES = ROOT / "docs" / "examples"
 
 
-def test_the_example_plugins_own_test_passes():
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(EXAMPLES / "test_svd_lowrank.py")], cwd=ROOT, capture_output=True, text=True,
+@pytest.fixture
+def outside(tmp_path):
+    """The example plugin and its test, alone in a folder outside the project."""
+    folder = tmp_path / "my_plugins"
+    folder.mkdir()
+    for name in ("svd_lowrank.py", "test_svd_lowrank.py"):
+        shutil.copy(ROOT / "docs" / "examples" / name, folder / name)
+    return folder
+
+
+def test_the_example_plugins_own_test_passes(outside):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_svd_lowrank.py"],
+                          cwd=outside, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout.splitlines()[-1] and "failed" not in proc.stdout.splitlines()[-1]
 
 
-def test_a_search_composes_the_outside_plugin_with_a_shipped_quantizer(tmp_path, tiny_config_dict, monkeypatch,
-                                                                       capsys):
+def test_a_search_composes_the_outside_plugin_with_a_shipped_quantizer(tmp_path, outside, tiny_config_dict,
+                                                                       monkeypatch, capsys):
     space = {"prune": {"svd_lowrank": {"rank_ratio": [0.25, 0.5]}},
              "quantize": {"int8_dynamic": {"ops": "matmul_conv"}}}
     config = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space))}
@@ -28,10 +41,10 @@ def test_a_search_composes_the_outside_plugin_with_a_shipped_quantizer(tmp_path,
     config["search"] = {**config["search"], "trials": 2}
     run = tmp_path / "run"
     code, out, err = run_main(monkeypatch, capsys, "search", write_yaml(tmp_path / "run.yaml", config),
-                              "--plugins-dir", EXAMPLES, "--out", run, "-q")
+                              "--plugins-dir", outside, "--out", run, "-q")
     assert code == 0, out + err
     said = " ".join(out.split())
-    assert f"plugins: 1 files from {EXAMPLES} (svd_lowrank.py); 11 files from " in said, said
+    assert f"plugins: 1 files from {outside} (svd_lowrank.py); 11 files from " in said, said
     assert "int8_dynamic.py" in said
 
     records = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
