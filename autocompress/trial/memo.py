@@ -29,20 +29,26 @@ __all__ = ["ArtefactCache", "ModelCache", "ProbeMemo", "content_key"]
 _STEM = "model"
 
 
-class ModelCache:
-    """Fine-tuned float modules by key under ``root`` (``RUN/cache/models``).
-
-    Args:
-        root: The entries' folder.
-        max_bytes: Disk cap; after a ``put`` the least recently used entries beyond it are removed.
-    """
+class _Kind:
+    """One kind of entry in its own :class:`~autocompress.store.Memo`, capped at ``max_bytes``
+    (least recently used out first)."""
 
     def __init__(self, root: Path | str, max_bytes: float | None = None) -> None:
         self.memo = Memo(root, max_bytes=max_bytes)
 
     @property
     def corrupt(self) -> int:
+        """Entries found corrupt (removed, never used) by this instance."""
         return self.memo.corrupt
+
+
+class ModelCache(_Kind):
+    """Fine-tuned float modules by key under ``root`` (``RUN/cache/models``).
+
+    Args:
+        root: The entries' folder.
+        max_bytes: Disk cap; after a ``put`` the least recently used entries beyond it are removed.
+    """
 
     def get(self, key: str) -> tuple[torch.nn.Module, dict] | None:
         """The module and its metadata, or ``None`` (missing, or corrupt: then removed)."""
@@ -71,7 +77,7 @@ class ModelCache:
         return entry is not None
 
 
-class ArtefactCache:
+class ArtefactCache(_Kind):
     """Finished artefacts by the trial's whole configuration, under ``root`` (``RUN/cache/artefacts``).
 
     An entry holds the artefact's files (hard links to the trial's own files where the file
@@ -82,13 +88,6 @@ class ArtefactCache:
         root: The entries' folder.
         max_bytes: Disk cap; after a ``put`` the least recently used entries beyond it are removed.
     """
-
-    def __init__(self, root: Path | str, max_bytes: float | None = None) -> None:
-        self.memo = Memo(root, max_bytes=max_bytes)
-
-    @property
-    def corrupt(self) -> int:
-        return self.memo.corrupt
 
     def get(self, key: str) -> tuple[dict[str, Path], dict] | None:
         """``({file name: path}, metadata)`` of a whole entry, or ``None`` (missing, or corrupt: then removed)."""
