@@ -12,7 +12,7 @@ from autocompress.results.load import read_run
 from autocompress.store import RunFolder
 from autocompress.trial import RECORD_VERSION, TrialRecord, read_record, read_trials, run_trial
 
-STORED_RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "objectives" / "run"
+STORED_RUN = Path(__file__).resolve().parent / "data" / "run_before_versions"  # an old run's text files
 METRICS = {"accuracy": 91.5, "test_accuracy": 90.25, "latency_ms": 1.25, "size_bytes": 2_000_000, "size_mb": 2.0,
            "params": 500_000, "precision": "int8", "runtime": "onnxruntime", "macs": 1_000_000}
 
