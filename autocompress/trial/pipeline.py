@@ -259,12 +259,13 @@ class _Trial:
         self.offset = 0    # the curve's last step before the running stage: stages' epochs count on
         self.pending: list = []  # steps not yet applied
         self.trainers = 0  # fine-tuning steps from the running one on: a stage's last epoch ends the training only if it is the last
-        self.step_key: str | None = None  # the running step's configuration (with the steps before it): its fits' checkpoints
+        self.running: int | None = None  # index in ``steps`` of the step being applied
         self.fits = 0  # fits of the running step so far
         self.memo_root, self.memo_bytes = Path(spec.run_dir) / "cache", config.search.cache_mb * 1e6
+        self.base_id = _base_id(spec.run_dir)  # every memo key of this trial starts with it
         self.teacher_outputs: TeacherOutputs | None = None
         if config.search.cache and self.teacher is not None and self.train_device.type == "cpu":  # hashing a batch costs more than a GPU forward
-            self.teacher_outputs = TeacherOutputs(self.teacher, self.memo_root / "teacher" / f"{_base_id(spec.run_dir)}-cpu",
+            self.teacher_outputs = TeacherOutputs(self.teacher, self.memo_root / "teacher" / f"{self.base_id}-cpu",
                                                   max_bytes=self.memo_bytes)
         # a model fine-tuned on a GPU differs from one fine-tuned on the CPU: memo keys say which (CPU runs keep theirs)
         self.trained_on = [] if self.train_device.type == "cpu" else [f"trained on {self.train_device.type}"]
@@ -310,7 +311,8 @@ class _Trial:
     def fit_checkpoint(self) -> FitCheckpoint:
         """A plugin's ``ctx.fit_checkpoint``: where the running step's next fit is saved at the deadline."""
         self.fits += 1
-        return _StepCheckpoint(self, Memo(self.memo_root / "resume"), self.step_key, self.fits - 1)
+        key = self.fine_tune_key(self.steps[:self.running + 1])  # the configuration up to the running step
+        return _StepCheckpoint(self, Memo(self.memo_root / "resume"), key, self.fits - 1)
 
     def measure(self, result, final: Path, *, after: list = (), **kw) -> dict[str, Any]:
         """Export and measurement, one timed step (named after the plugin whose output it is)."""
@@ -325,7 +327,7 @@ class _Trial:
                 self.offset = int(self.curve[-1][0])
             self.trainers = sum(cls.trains(p) for _, _, p, cls in self.pending)
             self.pending.remove(step)
-            self.step_key, self.fits = self.fine_tune_key(self.steps[:self.steps.index(step) + 1]), 0
+            self.running, self.fits = self.steps.index(step), 0
             model = _apply([step], model, ctx, self.durations, timer=self.timer)
         return model
 
@@ -338,7 +340,7 @@ class _Trial:
         if not (self.config.search.cache and spec.number >= 0 and spec.keep_artefact and not spec.structure_only):
             return None
         self.artefacts = ArtefactCache(self.memo_root / "artefacts", max_bytes=self.memo_bytes)
-        self.whole_key = content_key(_base_id(spec.run_dir), self.runtime.name, [
+        self.whole_key = content_key(self.base_id, self.runtime.name, [
             [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in self.steps],
             *self.trained_on)
         hit = self.artefacts.get(self.whole_key)
@@ -360,7 +362,7 @@ class _Trial:
             return None
         t0 = time.perf_counter()
         structural = [s for s in self.steps if s[3].changes_structure]
-        probes = (ProbeMemo(self.memo_root / "probes", _probe_key(spec.run_dir, self.runtime.name, structural))
+        probes = (ProbeMemo(self.memo_root / "probes", _probe_key(self.base_id, self.runtime.name, structural))
                   if config.search.cache else None)
         probe = probes.get() if probes else None
         verdict_of = functools.partial(structure_verdict, budget=config.budget,
@@ -450,7 +452,7 @@ class _Trial:
         """The key of what ``steps`` train (base, steps and parameters, where it trains): the memo's key of a
         fine-tuned module, and of the checkpoint of a fit stopped in the last of ``steps``."""
         runtime = [self.runtime.name] if any(st == Stage.QUANTIZE for st, *_ in steps) else []  # QAT trains for it
-        return content_key(_base_id(self.spec.run_dir), [[st.value, n, p] for st, n, p, _ in steps], *self.trained_on,
+        return content_key(self.base_id, [[st.value, n, p] for st, n, p, _ in steps], *self.trained_on,
                            *runtime)
 
     def remember(self, record: dict[str, Any]) -> None:
@@ -548,12 +550,12 @@ def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, 
     return result
 
 
-def _probe_key(run_dir: str, runtime: str, structural: list) -> str:
+def _probe_key(base_id: str, runtime: str, structural: list) -> str:
     """A structure's key: base, runtime and structural steps, less the parameters in a plugin's
     ``probe_ignores`` (latency and size depend on the structure alone)."""
     shape = [[st.value, n, {k: v for k, v in cls.Config.model_validate(p).model_dump(mode="json").items()
                             if k not in cls.probe_ignores}] for st, n, p, cls in structural]
-    return content_key(_base_id(run_dir), runtime, shape)
+    return content_key(base_id, runtime, shape)
 
 
 def _base_id(run_dir: str) -> str:
