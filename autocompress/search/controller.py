@@ -464,8 +464,8 @@ class Search:
         return fh
 
     def _past_limit(self, grace: float = 0.0) -> bool:
-        timeout = self.config.search.timeout
-        return timeout is not None and time.time() - self.progress.started >= timeout + grace
+        deadline = self._deadline()
+        return deadline is not None and time.time() >= deadline + grace
 
     def _trains(self, pending: dict, begun: dict) -> bool:
         """Whether a running trial's configuration fine-tunes (it stops itself at the deadline, saved)."""
