@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import math
@@ -284,8 +285,10 @@ def fit(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
     label_smoothing: float = 0.1, deadline: float | None = None, checkpoint: FitCheckpoint | None = None,
+    rung: Rung | None = None,
 ) -> torch.nn.Module:
-    """Trains a model on the train split with AdamW and a one-cycle schedule.
+    """Trains a model on the train split with AdamW and a one-cycle schedule (or, at a rung of the
+    search's fidelity ladder, warmup-stable-decay).
 
     Args:
         model: Trained in place (and returned).
@@ -304,6 +307,10 @@ def fit(
         checkpoint: Where the state is saved at the deadline and continued from: a fit that finds a
             state of the same schedule (and model shapes) there starts where it stopped, on the same
             batches, and ends with the weights an uninterrupted fit would have.
+        rung: Train for ``rung.epochs`` (``epochs`` is then ignored) on a warmup-stable-decay
+            schedule; start from ``rung.start`` (the previous rung's state where its decay began:
+            the same trajectory, so a promoted fit continues instead of starting over) and hand
+            ``rung.keep`` the state where this rung's decay begins.
 
     Raises:
         TimeUp: The deadline passed.
@@ -312,24 +319,36 @@ def fit(
     model.to(device).train()
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    if rung is not None:
+        epochs = rung.epochs
     whole = max(1, math.ceil(epochs))
     total_steps = max(1, int(round(epochs * steps_per_epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+    if rung is not None:
+        schedule: Any = _WarmupStableDecay(optimizer, lr, warmup=int(round(rung.warmup * steps_per_epoch)),
+                                           decay_start=rung.decay_start(steps_per_epoch), total=total_steps)
+    else:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)
     loss_fn = loss_fn or (lambda logits, labels, inputs: F.cross_entropy(logits, labels, label_smoothing=label_smoothing))
     step, first_epoch, skip = 0, 0, 0
     saved = checkpoint.load() if checkpoint is not None else None
+    start = None
     if saved is not None and _continues(saved[0], model, total_steps):
-        state = saved[0]
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        schedule.load_state_dict(state.scheduler)
-        torch.set_rng_state(state.rng["cpu"])
-        if "cuda" in state.rng and device.type == "cuda":
-            torch.cuda.set_rng_state(state.rng["cuda"], device)
-        step, first_epoch, skip = state.step, state.epoch, state.in_epoch
-        checkpoint.resumed(state, saved[1])
+        start = saved[0]
+        checkpoint.resumed(start, saved[1])
+    elif rung is not None and rung.start is not None and _continues(rung.start, model, None) \
+            and rung.start.step <= schedule.decay_start:
+        start = rung.start
+        rung.continued = True
+    if start is not None:
+        model.load_state_dict(start.model)
+        optimizer.load_state_dict(start.optimizer)
+        schedule.load_state_dict(start.scheduler)
+        torch.set_rng_state(start.rng["cpu"])
+        if "cuda" in start.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(start.rng["cuda"], device)
+        step, first_epoch, skip = start.step, start.epoch, start.in_epoch
     try:
         for epoch in range(first_epoch, whole):
             batches = data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch, train=True)
@@ -338,6 +357,9 @@ def fit(
                     break
                 if in_epoch < skip:  # trained on before the stop: drawn, so the augmentation's generator goes on alike
                     continue
+                if rung is not None and rung.keep is not None and step == schedule.decay_start:
+                    rung.keep(copy.deepcopy(_state(model, optimizer, schedule, epoch=epoch, in_epoch=in_epoch,
+                                                   step=step, total_steps=total_steps, device=device)))
                 if deadline is not None and time.time() >= deadline:
                     _stop(model, optimizer, schedule, checkpoint, epoch=epoch, in_epoch=in_epoch, step=step,
                           total_steps=total_steps, device=device)
@@ -365,11 +387,20 @@ def fit(
     return model.eval()
 
 
-def _continues(state: FitState, model: torch.nn.Module, total_steps: int) -> bool:
-    """Whether ``state`` is one of this fit: the same schedule and the model's keys and shapes."""
+def _continues(state: FitState, model: torch.nn.Module, total_steps: int | None) -> bool:
+    """Whether ``state`` is one of this fit: the same schedule (``None``: any) and the model's keys and shapes."""
     own = model.state_dict()
-    return state.total_steps == total_steps and state.model.keys() == own.keys() and all(
+    return (total_steps is None or state.total_steps == total_steps) and state.model.keys() == own.keys() and all(
         tuple(state.model[k].shape) == tuple(v.shape) for k, v in own.items())
+
+
+def _state(model, optimizer, schedule, *, epoch: int, in_epoch: int, step: int, total_steps: int,
+           device: torch.device) -> FitState:
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return FitState(epoch=epoch, in_epoch=in_epoch, step=step, total_steps=total_steps, model=model.state_dict(),
+                    optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), rng=rng)
 
 
 def _stop(model, optimizer, schedule, checkpoint: FitCheckpoint | None, *, epoch: int, in_epoch: int, step: int,
@@ -377,10 +408,66 @@ def _stop(model, optimizer, schedule, checkpoint: FitCheckpoint | None, *, epoch
     """Saves where the fit is (when it has a checkpoint) and raises :class:`TimeUp`."""
     saved = False
     if checkpoint is not None:
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        saved = checkpoint.save(FitState(epoch=epoch, in_epoch=in_epoch, step=step, total_steps=total_steps,
-                                         model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                         scheduler=schedule.state_dict(), rng=rng))
+        saved = checkpoint.save(_state(model, optimizer, schedule, epoch=epoch, in_epoch=in_epoch, step=step,
+                                       total_steps=total_steps, device=device))
     raise TimeUp(epoch, step, saved)
+
+
+@dataclass
+class Rung:
+    """One rung of the search's fidelity ladder, for :func:`fit`.
+
+    Attributes:
+        epochs: This rung's length, counted from the start of training.
+        warmup: Epochs of linear warmup (the same at every rung, so every rung follows one trajectory).
+        decay: Share of ``epochs`` at the end spent decaying the learning rate linearly to zero.
+        start: The state where the previous rung's decay began (its stable phase), to continue from;
+            ``None`` = from the start.
+        keep: Called with the state where this rung's decay begins (for the next rung to continue from).
+        continued: Set by :func:`fit` when it continued from ``start``.
+    """
+
+    epochs: float
+    warmup: float = 0.1
+    decay: float = 0.2
+    start: FitState | None = None
+    keep: Callable[[FitState], None] | None = None
+    continued: bool = False
+
+    def decay_start(self, steps_per_epoch: int) -> int:
+        total = max(1, int(round(self.epochs * steps_per_epoch)))
+        return max(0, min(total - 1, int(round((1.0 - self.decay) * total))))
+
+
+class _WarmupStableDecay:
+    """The learning rate of a rung: linear warmup to ``lr``, constant, then linear decay to zero over
+    ``[decay_start, total)``. Stateless but for the step, so a continued fit only sets the step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, *, warmup: int, decay_start: int,
+                 total: int) -> None:
+        self.optimizer, self.lr = optimizer, lr
+        self.warmup, self.decay_start, self.total = max(0, min(warmup, decay_start)), decay_start, total
+        self.step_count = 0
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if step < self.decay_start:
+            return 1.0
+        return max(0.0, (self.total - step) / max(1, self.total - self.decay_start))
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * self.factor(self.step_count)
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state.get("step", 0))
+        self._apply()

@@ -27,7 +27,9 @@ class LogitKD(Plugin):
     last axis for token features) trained with the student and discarded afterwards;
     otherwise ``A`` is the identity.
 
-    Validation accuracy after each epoch is reported as the fine-tune's learning curve.
+    Validation accuracy after each epoch is reported as the fine-tune's learning curve. With the
+    search's fidelity ladder (``search.rungs``) ``epochs`` is the trial's rung, set by the scheduler,
+    and a promoted trial continues its fine-tune from the previous rung.
 
     Attributes of ``Config``:
         temperature, alpha: Distillation temperature and weight of the logit term.
@@ -54,8 +56,11 @@ class LogitKD(Plugin):
         "temperature": {"low": 2.0, "high": 8.0, "step": 2.0},
         "alpha": {"low": 0.3, "high": 0.9, "step": 0.2},
         "epochs": {"low": 1, "high": 4, "step": 1},
-        "lr": [1e-4, 3e-4, 1e-3, 3e-3],  # 1e-4..3e-4 for pretrained bases, 1e-3.. for ones trained briefly
+        "lr": [1e-4, 3e-4, 1e-3, 3e-3],
     }
+    # a trained base (a checkpoint, timm's weights) forgets at the rates a briefly trained one needs
+    pretrained_search_space = {"lr": [1e-4, 3e-4, 1e-3]}
+    fidelity = "epochs"  # with search.rungs the scheduler sets the fine-tune's length
     stronger = {"temperature": "any", "alpha": "any", "epochs": "any", "lr": "any", "feature_weight": "any",
                 "feature_stage": "any"}
 

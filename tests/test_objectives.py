@@ -225,7 +225,8 @@ SPACE = {
     "warm_start": [
         {"quantize": "int8_static"},                                             # unpruned: over the MACs budget
         {"distill": "logit_kd"},                                                 # stopped at its structure
-        {"prune": {"channel_prune": {"ratio": 0.6}}, "quantize": "int8_static"},  # within it
+        {"prune": {"channel_prune": {"ratio": 0.6}}, "distill": "logit_kd",       # within it (pruning is
+         "quantize": "int8_static"},                                              # always followed by recovery)
     ],
 }
 MAX_MACS = 3.0e6  # test_resnet: 4.1M MACs at 32x32; 60 % channel pruning: 1.2M

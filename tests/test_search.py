@@ -116,7 +116,7 @@ def test_study_is_a_plain_optuna_study(finished_run):
     records = {json.loads(line)["number"]: json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()}
     for t in done:  # the budget (max_accuracy_drop 50) is told to Optuna as a relative violation
         acc = records[t.number]["metrics"]["accuracy"]
-        floor = json.loads((run / "base.json").read_text())["metrics"]["accuracy"] - 50.0
+        floor = max(json.loads((run / "base.json").read_text())["metrics"]["accuracy"] - 50.0, 1e-6)
         assert t.constraints == {"accuracy": pytest.approx((floor - acc) / floor, abs=1e-5)}
 
 

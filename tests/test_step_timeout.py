@@ -98,7 +98,7 @@ def records(run: Path) -> list[dict]:
 
 
 def test_step_timeout_parses_like_timeout():
-    assert SearchConfig().step_timeout == 1200.0
+    assert SearchConfig().step_timeout == 10800.0
     assert SearchConfig(step_timeout="90s").step_timeout == 90.0
     assert SearchConfig(step_timeout="2h").step_timeout == 7200.0
     assert SearchConfig(step_timeout=None).step_timeout is None

@@ -55,8 +55,9 @@ class ModelConfig(_Strict):
         img_size: Square input side in pixels.
         pretrained: Load timm's pretrained weights (needs the hub or its cache).
         checkpoint: Local ``state_dict`` file: ``.safetensors``, or ``torch.load`` with ``weights_only=True``.
-        train_epochs: Epochs to train the base in-process when neither pretrained nor
-            a checkpoint gives trained weights (fine-tunes them otherwise); 0 = use as is.
+        train_epochs: Epochs to train the base in-process (on ``train.device``); ``null`` (default)
+            = 6 for a model with random weights, 0 for a checkpoint or pretrained weights (a trained
+            model is compressed as it is); a number trains (or fine-tunes) that many; 0 = as is.
         train_lr: Peak learning rate of that training (AdamW, one-cycle).
         kwargs: Extra keyword arguments for ``timm.create_model``.
     """
@@ -66,9 +67,15 @@ class ModelConfig(_Strict):
     img_size: int = Field(default=32, ge=8, le=1024)
     pretrained: bool = False
     checkpoint: Path | None = None
-    train_epochs: int = Field(default=6, ge=0, le=1000)
+    train_epochs: int | None = Field(default=None, ge=0, le=1000)
     train_lr: float = Field(default=3e-3, gt=0, le=10)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def base_epochs(self) -> int:
+        """Epochs the base is trained in-process: ``train_epochs``, or its default (see above)."""
+        if self.train_epochs is not None:
+            return self.train_epochs
+        return 0 if self.checkpoint is not None or self.pretrained else 6
 
 
 class DataConfig(_Strict):
@@ -244,7 +251,7 @@ class TrainConfig(_Strict):
 
     Export, latency, size, memory, energy and accuracy evaluation of each artefact stay on the target
     (``device.type`` and ``device.runtime``): a model fine-tuned on a GPU is measured on the CPU it
-    ships to. The base model's own training (``model.train_epochs``) runs on the CPU.
+    ships to. The base model's own training (``model.train_epochs``) runs here too.
 
     Attributes:
         device: ``auto`` (CUDA when the worker running the trial sees a CUDA device, else its CPU),
@@ -307,12 +314,26 @@ class SearchConfig(_Strict):
         cache_mb: Disk cap of the model cache and, apart, of the artefact cache (the least
             recently used entries go first), and of the stored teacher outputs (which stop
             growing there).
+        rungs: Fine-tune lengths (epochs, increasing) the scheduler owns: a distillation plugin's
+            length (its ``fidelity`` field, ``epochs``) is not searched; a trial fine-tunes for the
+            first rung, and the best of its peers are promoted to the next, continuing from their
+            saved state (a warmup-stable-decay learning rate whose stable phase is kept at each
+            rung and whose decay is the rung's last ``decay`` share). ``null`` = off: the length is
+            a searched parameter. A search space that names ``epochs`` for a plugin keeps it
+            searched for that plugin.
+        eta: Promotion keeps the top ``1/eta`` of a rung: a finished trial moves up when its
+            accuracy ranks there among the finished trials of its rung that are at least as
+            compressed (no slower, no larger), and its structure meets the latency and size budget.
+        decay: Share of each rung's epochs spent decaying the learning rate to zero.
+        first_structures: Without warm starts in the space, probe the pruning ratios first
+            (untrained, seconds each) and fine-tune first the least compressing structures that
+            meet the latency and size budget, one per quantizer.
     """
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     trials: int = Field(default=30, ge=1)
     timeout: float | None = Field(default=540.0, gt=0)
-    step_timeout: float | None = Field(default=1200.0, gt=0)
+    step_timeout: float | None = Field(default=10800.0, gt=0)
     seed: int = 0
     storage: str | None = None
     study_name: str | None = None
@@ -327,6 +348,20 @@ class SearchConfig(_Strict):
     early_stop: Literal["none", "budget", "front", "halving"] = "front"
     cache: bool = True
     cache_mb: float = Field(default=2000.0, ge=0.0)
+    rungs: list[float] | None = Field(default_factory=lambda: [1.0, 3.0, 9.0])
+    eta: float = Field(default=3.0, gt=1.0, le=100.0)
+    decay: float = Field(default=0.2, gt=0.0, lt=1.0)
+    first_structures: bool = True
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value or len(value) > 8 or any(not 0 < v <= 1000 for v in value) or any(
+                b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("list 1 to 8 increasing epoch counts in (0, 1000], e.g. [1, 3, 9], or null for none")
+        return [float(v) for v in value]
 
     @field_validator("timeout", "step_timeout", mode="before")
     @classmethod

@@ -88,6 +88,10 @@ class TrialContext:
         fit_checkpoint: ``fit_checkpoint()`` gives the next fine-tune's
             :class:`autocompress.models.FitCheckpoint` (where it is saved at the deadline and
             continued from), or is ``None``; :func:`autocompress.plugin.helpers.fit` calls it.
+        rung: ``rung()`` gives the :class:`autocompress.models.Rung` the running step fine-tunes
+            to (the search's fidelity ladder: its length, and the state it continues from), or is
+            ``None``; set only for the step of a plugin whose :attr:`Plugin.fidelity` the
+            scheduler owns. :func:`autocompress.plugin.helpers.fit` calls it.
     """
 
     data: DataBundle
@@ -106,6 +110,7 @@ class TrialContext:
     curve_images: int = VAL_SLICE
     deadline: float | None = None
     fit_checkpoint: Callable[[], Any] | None = None
+    rung: Callable[[], Any] | None = None
 
     def calibration_size(self, count: int, *, probe: int = 1) -> int:
         """How much to calibrate on: ``count``, or at most ``probe`` in a structure probe.
@@ -187,6 +192,14 @@ class Plugin(abc.ABC):
         probe_ignores: ``Config`` fields that change the weights but not the structure
             (calibration, a fine-tune's schedule): trials that differ only in them share one
             structure probe of latency and size.
+        fidelity: The ``Config`` field that sets how long it fine-tunes (``"epochs"``), when the
+            search's scheduler may own it (``search.rungs``): it is then not searched, set to the
+            trial's rung, and the fine-tune must go through :func:`autocompress.plugin.helpers.fit`
+            (once per ``apply``), which continues a promoted trial from its previous rung.
+            ``None`` = the plugin's length is always a searched parameter.
+        pretrained_search_space: Default ranges that replace those of :attr:`search_space` when
+            the base model is already trained (a checkpoint or timm's pretrained weights), e.g.
+            lower learning rates.
         stronger: For each searchable ``Config`` field, which values compress more (smaller or
             faster), read by :meth:`strongest`: ``"high"`` (a larger value: a pruning ratio),
             ``"low"`` (a smaller value: a bit width), ``"any"`` (latency and size do not depend
@@ -204,6 +217,8 @@ class Plugin(abc.ABC):
     fine_tunes: ClassVar[bool] = False
     probe_ignores: ClassVar[frozenset[str]] = frozenset()
     stronger: ClassVar[dict[str, Any]] = {}
+    fidelity: ClassVar[str | None] = None
+    pretrained_search_space: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, config: PluginConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

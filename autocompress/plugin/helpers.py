@@ -61,6 +61,9 @@ def fit(model: torch.nn.Module, ctx: TrialContext, *, epochs: float, lr: float, 
         weight_decay: AdamW weight decay.
         seed: Seed of the shuffling and augmentation; default ``ctx.seed`` (every trial sees the same batches).
 
+    At a rung of the search's fidelity ladder (``ctx.rung``) the schedule is warmup-stable-decay
+    over the rung's epochs, continued from the previous rung's saved state when there is one.
+
     Raises:
         TimeUp: ``ctx.deadline`` passed; the fine-tune was saved where it was and continues on
             ``--resume`` (let it propagate).
@@ -68,7 +71,8 @@ def fit(model: torch.nn.Module, ctx: TrialContext, *, epochs: float, lr: float, 
     return _fit(model, ctx.data, epochs=epochs, lr=lr, seed=ctx.seed if seed is None else seed,
                 batch_size=ctx.batch_size, device=ctx.device, weight_decay=weight_decay, loss_fn=loss_fn,
                 on_epoch=on_epoch, deadline=ctx.deadline,
-                checkpoint=ctx.fit_checkpoint() if ctx.fit_checkpoint is not None else None)
+                checkpoint=ctx.fit_checkpoint() if ctx.fit_checkpoint is not None else None,
+                rung=ctx.rung() if ctx.rung is not None else None)
 
 
 def create_student(name: str, *, num_classes: int, img_size: int, pretrained: bool = False) -> torch.nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shutil
 import statistics
 import time
@@ -36,10 +37,11 @@ from autocompress.objectives import (
     probe_problem,
     refusal,
     stopped_constraints,
+    structure_verdict,
     vs_base,
 )
-from autocompress.plugin import NONE, STAGE_ORDER, Registry, discover
-from autocompress.search.space import SearchSpace, load_search_space
+from autocompress.plugin import NONE, STAGE_ORDER, Registry, Stage, discover, strongest_value
+from autocompress.search.space import SearchSpace, _warm_params, load_search_space
 from autocompress.search.throughput import throughput
 from autocompress.store import RunFolder, atomic_write
 from autocompress.trial import TrialRecord, TrialSpec, log_to, prepare_base, read_trials, resolve_devices, trial_dir
@@ -106,6 +108,7 @@ class Search:
         self.agent_machines: dict[str, dict] = {}  # device.agent: each agent's machine, from /info
         self.progress = Progress(total=config.search.trials, timeout=config.search.timeout)
         self._stop = False
+        self._promoted: set[int] = set()  # trials promoted a rung up (finished, running or waiting)
         self.normalisation_note = ""
 
     def log(self, line: str) -> None:
@@ -115,7 +118,10 @@ class Search:
     def validate(self) -> None:
         """Loads plugins and the search space; every user error surfaces here, before any work."""
         self.registry = discover(self.config.plugins_dir)
-        self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtimes)
+        model = self.config.model
+        self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtimes,
+                                       rungs=self.config.search.rungs,
+                                       pretrained=model.checkpoint is not None or model.pretrained)
         import timm
 
         if not timm.is_model(self.config.model.name):
@@ -408,20 +414,20 @@ class Search:
                 study.tell(t.number, objective_values(record, self.objectives))
             else:
                 if record.get("interrupted"):
-                    self._requeue(study, t.params)
+                    self._requeue(study, t.params, t.user_attrs.get("promote"))
                 study.tell(t.number, state=_optuna_state(record))
             self.log(f"trial {t.number}: had finished when the last process stopped; recorded, not re-run")
 
-    def _requeue(self, study: optuna.Study, params: dict) -> None:
+    def _requeue(self, study: optuna.Study, params: dict, promote: dict | None = None) -> None:
         """Enqueues ``params`` unless the same re-queue is already waiting (safe to repeat).
 
         A re-queued trial carries its params in the user attr ``requeued``: a waiting trial's
         enqueued params are not public in Optuna.
         """
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            if t.user_attrs.get("requeued") == params:
+            if t.user_attrs.get("requeued") == params and t.user_attrs.get("promote") == promote:
                 return
-        study.enqueue_trial(params, user_attrs={"requeued": params})
+        study.enqueue_trial(params, user_attrs={"requeued": params, **({"promote": promote} if promote else {})})
 
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial, choices: dict, reason: str,
                    started: float | None, record: TrialRecord | None = None) -> None:
@@ -436,7 +442,7 @@ class Search:
         trial.set_user_attr("record", record.to_json())
         self.records[trial.number] = record
         self.run.append_trial(record)
-        self._requeue(study, trial.params)
+        self._requeue(study, trial.params, trial.user_attrs.get("promote"))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _abandon(self, study: optuna.Study, pending: dict, started: dict, reason: str) -> None:
@@ -481,6 +487,168 @@ class Search:
         """When the search's time is up (epoch seconds): handed to each trial, whose fine-tune stops there."""
         timeout = self.config.search.timeout
         return None if timeout is None else self.progress.started + timeout
+
+    # -- the fidelity ladder (search.rungs) -------------------------------------------------
+
+    def _at_rung(self, choices: dict, index: int, promoted_from: int | None) -> tuple[dict, dict | None]:
+        """``choices`` with the scheduled length set to rung ``index``, and the trial's rung (``None``
+        when its configuration fine-tunes with no scheduled plugin, or the ladder is off)."""
+        rungs = self.config.search.rungs
+        for stage, plugins in (self.space.scheduled.items() if rungs else ()):
+            name = choices.get(stage.value, (NONE, {}))[0]
+            if name in plugins:
+                index = min(index, len(rungs) - 1)
+                choices = {k: (v[0], dict(v[1])) for k, v in choices.items()}
+                choices[stage.value][1][plugins[name]] = rungs[index]
+                return choices, {"index": index, "epochs": rungs[index], "rungs": list(rungs),
+                                 "decay": self.config.search.decay, "stage": stage.value, "plugin": name,
+                                 "promoted_from": promoted_from}
+        return choices, None
+
+    def _superseded(self) -> set[int]:
+        """Trials whose promotion finished at least as accurate: the promoted record stands for them on the front."""
+        out = set()
+        for r in self.records.values():
+            parent = self.records.get(r.rung.promoted_from) if r.rung and r.rung.promoted_from is not None else None
+            if r.state == "complete" and parent is not None and parent.metrics and r.metrics \
+                    and r.metrics.accuracy >= (parent.metrics.accuracy or 0.0):
+                out.add(parent.number)
+        return out
+
+    def _promotable(self) -> tuple[TrialRecord, int] | None:
+        """The next trial to promote and the rung it goes to, or ``None``.
+
+        Highest rungs first; within a rung, the most accurate first. A finished trial moves up when its
+        structure meets the latency and size budget and its validation accuracy ranks in the top
+        ``1/eta`` of the finished trials of its rung that are at least as compressed (no slower, beyond
+        ``latency_margin``, and no larger): a heavily pruned trial, which starts lower, is compared only
+        with trials that compress as much.
+        """
+        rungs, search = self.config.search.rungs, self.config.search
+        if not rungs or len(rungs) < 2 or self.base is None:
+            return None
+        done = [r for r in self.records.values() if r.state == "complete" and r.rung is not None and r.metrics
+                and r.metrics.accuracy is not None and r.stopped is None]
+        for k in reversed(range(len(rungs) - 1)):
+            at = [r for r in done if r.rung.index == k]
+            for c in sorted(at, key=lambda r: -r.metrics.accuracy):
+                if c.number in self._promoted or structure_verdict(
+                        c.metrics.to_json(), self.config.budget, search.latency_margin) is not None:
+                    continue
+                peers = [p for p in at if _as_compressed(p, c, search.latency_margin)]
+                ahead = sum(p.metrics.accuracy > c.metrics.accuracy for p in peers)
+                if ahead < math.ceil(len(peers) / search.eta):
+                    return c, k + 1
+        return None
+
+    def _promote(self, study: optuna.Study) -> None:
+        """Enqueues the next promotion (:meth:`_promotable`): the same parameters, one rung up."""
+        found = self._promotable()
+        if found is None:
+            return
+        record, rung = found
+        frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == record.number), None)
+        if frozen is None:
+            return
+        self._promoted.add(record.number)
+        study.enqueue_trial(dict(frozen.params), user_attrs={"promote": {"from": record.number, "rung": rung}})
+        self.log(f"promoted trial {record.number} ({record.metrics.accuracy:.2f}% at "
+                 f"{self.config.search.rungs[rung - 1]:g} epochs) to {self.config.search.rungs[rung]:g} epochs, "
+                 "continuing its fine-tune")
+
+    # -- start where the budget is ---------------------------------------------------------
+
+    def _first_structures(self, study: optuna.Study, most: int = 3) -> None:
+        """Without warm starts: probes each pruning plugin's ratio (untrained, seconds each, binary
+        search over its grid) on each target runtime and quantizer, and enqueues the least compressing
+        structure that meets the latency and size budget, with a recovery fine-tune, first."""
+        budget, search = self.config.budget, self.config.search
+        if not search.first_structures or self.space.warm_start or not caps_figures(budget) \
+                or Stage.PRUNE not in self.space.stages:
+            return
+        distill = next((n for n in self.space.options(Stage.DISTILL) if n != NONE
+                        and self.registry.get(n).fine_tunes), None)
+        found = []
+        for runtime in self.space.runtimes or [None]:
+            for prune in self.space.options(Stage.PRUNE, runtime):
+                knob = self._knob(prune)
+                if knob is None:
+                    continue
+                param, grid, fixed = knob
+                for quantizer in self.space.options(Stage.QUANTIZE, runtime):
+                    value = self._least_meeting(runtime, prune, param, grid, fixed, quantizer)
+                    if value is not None:
+                        found.append((grid.index(value), runtime, prune, {**fixed, param: value}, quantizer))
+        added = 0
+        for _, runtime, prune, params, quantizer in sorted(found, key=lambda f: f[0]):
+            item = {"prune": {prune: params}, "quantize": quantizer, **({"distill": distill} if distill else {}),
+                    **({"runtime": runtime} if runtime and len(self.space.runtimes) > 1 else {})}
+            try:
+                study.enqueue_trial(_warm_params(0, item, self.space), skip_if_exists=True)
+            except UserError as err:  # a combination the space does not allow
+                self.log(f"first structures: {prune} {params} + {quantizer} not enqueued: {err}")
+                continue
+            added += 1
+            self.log(f"first structures: {prune} {params}" + (f" + {distill}" if distill else "")
+                     + f" + {quantizer}" + (f" on {runtime}" if runtime else "") + " (the least compressing that "
+                     "meets the latency and size budget) is fine-tuned first")
+            if added >= most:
+                break
+
+    def _knob(self, prune: str) -> tuple[str, list, dict] | None:
+        """The pruning plugin's most compressing numeric parameter (``stronger: high``) and its grid
+        in the space, and the other searched parameters at their first values."""
+        if prune == NONE:
+            return None
+        cls, space = self.registry.get(prune), self.space.stages[Stage.PRUNE][prune]
+        for param, spec in space.items():
+            if cls.stronger.get(param) == "high" and isinstance(spec, dict) and "low" in spec:
+                low, high, step = float(spec["low"]), float(spec["high"]), spec.get("step")
+                count = int(round((high - low) / step)) + 1 if step else 6
+                grid = [round(low + i * (step or (high - low) / 5), 10) for i in range(count)]
+                fixed = {k: strongest_value(v, "any") for k, v in space.items()
+                         if k != param and (isinstance(v, list) or isinstance(v, dict))}
+                return param, grid, fixed
+        return None
+
+    def _least_meeting(self, runtime: str | None, prune: str, param: str, grid: list, fixed: dict,
+                       quantizer: str) -> float | None:
+        """The smallest value on ``grid`` whose untrained structure meets the latency and size budget
+        (binary search: it assumes more pruning is no slower and no larger), or ``None``."""
+        quant_params = ({k: strongest_value(v, "any") for k, v in self.space.stages[Stage.QUANTIZE][quantizer].items()}
+                        if quantizer != NONE else {})
+        base_ms = (self.base.by_runtime or {}).get(runtime, self.base.metrics).latency_ms if runtime \
+            else self.base.metrics.latency_ms
+        reference = self.base.metrics.latency_ms  # the budget's ratio is to the base on its fastest runtime
+
+        def meets(value: float) -> bool:
+            choices = {"prune": (prune, {**fixed, param: value}), "distill": (NONE, {}),
+                       "quantize": (quantizer, quant_params)}
+            if runtime and len(self.space.runtimes) > 1:
+                choices["runtime"] = (runtime, {})
+            probe = self.executor.run(self._spec(-2, choices, structure_only=True, keep_artefact=False))
+            shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+            if probe.state != "complete":
+                return False
+            m = probe.metrics.to_json()
+            m["latency_vs_base"] = m["latency_ms"] / reference
+            verdict = structure_verdict(m, self.config.budget, 0.0)
+            self.log(f"first structures: probe {prune} {param}={value:g} + {quantizer}"
+                     + (f" on {runtime}" if runtime else "") + f": {m['latency_ms']:.3f} ms "
+                     f"({m['latency_ms'] / base_ms:.2f}x the base on it, {m['latency_vs_base']:.2f}x the reference), "
+                     f"{m['size_mb']:.2f} MB: " + ("meets the budget" if verdict is None else verdict))
+            return verdict is None
+
+        if not meets(grid[-1]):
+            return None
+        lo, hi = 0, len(grid) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if meets(grid[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return grid[lo]
 
     def stop(self) -> None:
         """Stops starting trials; the running ones finish (Ctrl-C, time budget)."""
@@ -532,6 +700,12 @@ class Search:
             self.prepare()
             study = self._study()
             self.records = {r.number: r for r in read_trials(self.run.path)}
+            self._promoted = {r.rung.promoted_from for r in self.records.values()
+                              if r.rung is not None and r.rung.promoted_from is not None}
+            self._promoted |= {t.user_attrs["promote"]["from"] for t in study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.WAITING,)) if t.user_attrs.get("promote")}
+            if not study.trials:
+                self._first_structures(study)
             interrupted = {n for n, r in self.records.items() if r.interrupted}
             finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
             started = len(finished)
@@ -542,15 +716,18 @@ class Search:
             pareto = self._write_pareto()
             while True:
                 while self.executor.running() < self.executor.slots and self._can_start(started, durations):
+                    self._promote(study)
                     trial = study.ask()
-                    choices = self.space.suggest(trial, self.registry)
+                    promote = trial.user_attrs.get("promote") or {}
+                    choices, rung = self._at_rung(self.space.suggest(trial, self.registry), promote.get("rung", 0),
+                                                  promote.get("from"))
                     trial.set_user_attr("choices", {k: list(v) for k, v in choices.items()})
                     pending[trial.number] = trial
                     begun[trial.number] = (time.time(), {k: list(v) for k, v in choices.items()})
                     started += 1
                     self.progress.running = len(pending)
                     self.on_event("start", {"number": trial.number, "choices": choices})
-                    self.executor.submit(self._spec(trial.number, choices, deadline=self._deadline(),
+                    self.executor.submit(self._spec(trial.number, choices, deadline=self._deadline(), rung=rung,
                                                     **self._stop_inputs()))
                 if not pending:
                     break
@@ -624,7 +801,8 @@ class Search:
             study.tell(trial, state=_optuna_state(record))
 
     def _write_pareto(self) -> dict:
-        feasible = [r for r in self.records.values() if r.state == "complete" and r.feasible]
+        feasible = [r for r in self.records.values() if r.state == "complete" and r.feasible
+                    and r.number not in self._superseded()]
         best = front(feasible, self.objectives)
         on_front = {r.number for r in best}
         base = self.base.metrics.to_json() if self.base else None
@@ -654,6 +832,15 @@ class Search:
                 for f in folder.glob("model*"):
                     f.unlink(missing_ok=True)
         return data
+
+
+def _as_compressed(peer: TrialRecord, trial: TrialRecord, margin: float) -> bool:
+    """Whether ``peer`` is at least as compressed as ``trial``: no larger, and no slower beyond ``margin``
+    (latency as the ratio to the base timed beside each where both have one)."""
+    a, b = peer.metrics, trial.metrics
+    pa = peer.latency_vs_base if peer.latency_vs_base is not None and trial.latency_vs_base is not None else a.latency_ms
+    pb = trial.latency_vs_base if peer.latency_vs_base is not None and trial.latency_vs_base is not None else b.latency_ms
+    return a.size_mb <= b.size_mb and pa <= pb * (1 + margin)
 
 
 def _reopen(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:

@@ -20,6 +20,15 @@ When ``device.runtime`` lists several runtimes, the runtime is searched too (Opt
 runtime) is then asked as ``<stage>@<runtime>`` so each Optuna distribution stays fixed. A
 warm-start entry may name ``runtime: openvino``; without it, the first runtime its choices run on.
 
+With the fidelity ladder on (``search.rungs``), a plugin's :attr:`~autocompress.plugin.Plugin.fidelity`
+field (``logit_kd``'s ``epochs``) is not searched unless the file names it: the scheduler sets it
+(``SearchSpace.scheduled``). When the base is already trained (a checkpoint, pretrained weights), a
+plugin's ``pretrained_search_space`` replaces its default ranges (lower learning rates).
+
+Pruning a trained base with no recovery stage is not proposed when the space offers a fine-tuning
+distillation: after a prune choice that does not train itself, the distill stage is asked as
+``distill|pruned`` without ``none``. A space whose distill stage is only ``none`` still gets it.
+
 A plugin that runs on none of the target runtimes is refused, except in the project's own
 ``search_spaces/default.yaml``, which the user did not write: there it is left out (and warm
 starts naming it are dropped), each with a note in ``SearchSpace.notes`` that the run logs.
@@ -55,6 +64,7 @@ class SearchSpace:
         runtimes: The target runtimes (several: the runtime is searched); empty = any.
         notes: What was left out of the file and why (plugins and warm starts for another runtime).
         dropped: ``{stage: [plugin names]}`` left out because they run on none of ``runtimes``.
+        scheduled: ``{stage: {plugin name: field}}``: the fields the fidelity ladder sets (not searched).
     """
 
     stages: dict[Stage, dict[str, dict[str, Any]]]
@@ -64,20 +74,34 @@ class SearchSpace:
     registry: Any = None
     notes: list[str] = field(default_factory=list)
     dropped: dict[Stage, list[str]] = field(default_factory=dict)
+    scheduled: dict[Stage, dict[str, str]] = field(default_factory=dict)
 
-    def options(self, stage: Stage, runtime: str | None = None) -> list[str]:
-        """The plugin names (and ``none``) the search may pick for ``stage`` on ``runtime``."""
+    def options(self, stage: Stage, runtime: str | None = None, pruned: bool = False) -> list[str]:
+        """The plugin names (and ``none``) the search may pick for ``stage`` on ``runtime``;
+        ``pruned``: after a prune choice that does not train (no ``none`` for distill when it has a
+        fine-tuning choice)."""
         names = list(self.stages.get(stage, {}) or {NONE: {}})
-        if runtime is None or self.registry is None:
-            return names
-        return [n for n in names if n == NONE or self.registry.get(n).runtimes is None
-                or runtime in self.registry.get(n).runtimes]
+        if runtime is not None and self.registry is not None:
+            names = [n for n in names if n == NONE or self.registry.get(n).runtimes is None
+                     or runtime in self.registry.get(n).runtimes]
+        if pruned and stage == Stage.DISTILL and self.registry is not None and any(
+                n != NONE and self.registry.get(n).fine_tunes for n in names):
+            names = [n for n in names if n != NONE]
+        return names
 
-    def stage_param(self, stage: Stage, runtime: str | None) -> str:
-        """The Optuna parameter name of a stage's choice (``quantize@openvino`` where it depends on the runtime)."""
+    def stage_param(self, stage: Stage, runtime: str | None, pruned: bool = False) -> str:
+        """The Optuna parameter name of a stage's choice (``quantize@openvino`` where it depends on the
+        runtime; ``distill|pruned`` after a prune choice that needs a recovery fine-tune)."""
+        name = stage.value
         if len(self.runtimes) > 1 and len({tuple(self.options(stage, r)) for r in self.runtimes}) > 1:
-            return f"{stage.value}@{runtime}"
-        return stage.value
+            name = f"{stage.value}@{runtime}"
+        if pruned and self.options(stage, runtime, pruned=True) != self.options(stage, runtime):
+            name += "|pruned"
+        return name
+
+    def needs_recovery(self, name: str, params: dict[str, Any]) -> bool:
+        """Whether a prune choice leaves the model to be fine-tuned by a later stage (it does not train itself)."""
+        return name != NONE and self.registry is not None and not self.registry.get(name).trains(params)
 
     def suggest(self, trial: optuna.Trial, registry) -> dict[str, Choice]:
         """Asks Optuna for one configuration: ``{stage: (plugin name, params)}``, plus
@@ -86,15 +110,18 @@ class SearchSpace:
         runtime = self.runtimes[0] if self.runtimes else None
         if len(self.runtimes) > 1:
             runtime = trial.suggest_categorical("runtime", list(self.runtimes))
+        pruned = False
         for stage in STAGE_ORDER:
-            options = self.options(stage, runtime)
-            key = self.stage_param(stage, runtime)
+            options = self.options(stage, runtime, pruned)
+            key = self.stage_param(stage, runtime, pruned)
             name = trial.suggest_categorical(key, options) if len(options) > 1 else options[0]
             params: dict[str, Any] = {}
             if name != NONE:
                 cls = registry.get(name)
                 for param, spec in self.stages[stage][name].items():
                     params[param] = _suggest_one(trial, f"{stage.value}.{name}.{param}", spec, _kind(cls, param))
+            if stage == Stage.PRUNE:
+                pruned = self.needs_recovery(name, params)
             chosen[stage.value] = (name, params)
         if len(self.runtimes) > 1:
             chosen["runtime"] = (runtime, {})
@@ -139,7 +166,8 @@ def _suggest_one(trial: optuna.Trial, key: str, spec: Any, kind: type) -> Any:
     return spec
 
 
-def load_search_space(path: Path | str, registry, runtime: str | list[str] | None = None) -> SearchSpace:
+def load_search_space(path: Path | str, registry, runtime: str | list[str] | None = None, *,
+                      rungs: list[float] | None = None, pretrained: bool = False) -> SearchSpace:
     """Reads and validates a search-space file against the registered plugins.
 
     Args:
@@ -147,6 +175,8 @@ def load_search_space(path: Path | str, registry, runtime: str | list[str] | Non
         registry: The plugin registry.
         runtime: The target runtime, or several to search over; a plugin that can produce none
             of them is rejected.
+        rungs: The fidelity ladder (``search.rungs``): plugins' fidelity fields are then scheduled.
+        pretrained: The base is already trained: plugins' ``pretrained_search_space`` applies.
 
     Raises:
         UserError: The file is missing or malformed, or names an unknown plugin or a bad range.
@@ -162,11 +192,13 @@ def load_search_space(path: Path | str, registry, runtime: str | list[str] | Non
         is_default = path.resolve() == DEFAULT_SPACE
     except OSError:
         is_default = False
-    return parse_search_space(raw, registry, runtime, source=str(path), drop_other_runtimes=is_default)
+    return parse_search_space(raw, registry, runtime, source=str(path), drop_other_runtimes=is_default,
+                              rungs=rungs, pretrained=pretrained)
 
 
 def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = None, source: str = "", *,
-                       drop_other_runtimes: bool = False) -> SearchSpace:
+                       drop_other_runtimes: bool = False, rungs: list[float] | None = None,
+                       pretrained: bool = False) -> SearchSpace:
     """Validates a search space given as a mapping (see :func:`load_search_space`).
 
     Args:
@@ -184,6 +216,7 @@ def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = No
     stages: dict[Stage, dict[str, dict[str, Any]]] = {}
     notes: list[str] = []
     dropped: dict[Stage, list[str]] = {}
+    scheduled: dict[Stage, dict[str, str]] = {}
     for stage in STAGE_ORDER:
         entry = raw.get(stage.value)
         if entry is None:
@@ -215,14 +248,28 @@ def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = No
                 notes.append(f"{refusal}: left out" + (f" ({stage.value} plugins for {'/'.join(runtimes)}: "
                                                        f"{', '.join(others)})" if others else ""))
                 continue
-            merged = {k: normalise_spec(v) for k, v in cls.search_space.items()}
+            defaults = dict(cls.search_space)
+            if pretrained and cls.pretrained_search_space:
+                defaults.update(cls.pretrained_search_space)
+                changed = {k: v for k, v in cls.pretrained_search_space.items() if k not in (space or {})}
+                if changed:
+                    notes.append(f"{where}: the base is trained: default " + ", ".join(
+                        f"{k} {describe_spec(normalise_spec(v))}" for k, v in changed.items()))
+            merged = {k: normalise_spec(v) for k, v in defaults.items()}
+            if rungs and cls.fidelity:
+                if cls.fidelity in (space or {}):
+                    notes.append(f"{where}.{cls.fidelity}: named in the space, so searched; the fidelity ladder "
+                                 f"(search.rungs) sets it where it is left out")
+                else:
+                    merged.pop(cls.fidelity, None)
+                    scheduled.setdefault(stage, {})[name] = cls.fidelity
             merged.update(check_plugin_space(cls, space or {}, where))
             stages[stage][name] = merged
         if not stages[stage]:  # every choice was left out for the runtime: nothing to search
             raise UserError(f"search_space.{stage.value}: no choice runs on device.runtime={'/'.join(runtimes)} "
                             f"({', '.join(dropped[stage])} left out); add 'none' or a {stage.value} plugin for it")
     space = SearchSpace(stages=stages, source=source, runtimes=runtimes, registry=registry, notes=notes,
-                        dropped=dropped)
+                        dropped=dropped, scheduled=scheduled)
     for stage in stages:
         for rt in runtimes:
             if not space.options(stage, rt):
@@ -263,24 +310,32 @@ def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any] | 
     params: dict[str, Any] = {}
     if len(space.runtimes) > 1:
         params["runtime"] = runtime
+    pruned = False
     for stage in STAGE_ORDER:
-        options = space.options(stage, runtime)
+        options = space.options(stage, runtime, pruned)
         name, fixed = named[stage]
         if not isinstance(name, str) or name not in options:
             on = f" on runtime {runtime}" if len(space.runtimes) > 1 else ""
-            raise UserError(f"{where}.{stage.value}: {name!r} is not among the search space's choices{on}: "
+            why = (" (pruning is followed by a recovery fine-tune when the space offers one)"
+                   if pruned and name == NONE else "")
+            raise UserError(f"{where}.{stage.value}: {name!r} is not among the search space's choices{on}{why}: "
                             f"{', '.join(options) or 'none'}")
         if len(options) > 1:
-            params[space.stage_param(stage, runtime)] = name
+            params[space.stage_param(stage, runtime, pruned)] = name
         if fixed is not None and not isinstance(fixed, dict):
             raise UserError(f"{where}.{stage.value}.{name}: expected {{param: value}}, got {fixed!r}")
         for param, val in (fixed or {}).items():
+            if param == space.scheduled.get(stage, {}).get(name):
+                raise UserError(f"{where}.{stage.value}.{name}.{param}: set by the fidelity ladder (search.rungs), "
+                                f"not searched; leave it out, or name it in search_space.{stage.value}.{name} to search it")
             if param not in space.stages[stage][name]:
                 raise UserError(f"{where}.{stage.value}.{name}.{param}: not a searched parameter of {name}")
             problem = _warm_value_problem(space.registry.get(name), param, space.stages[stage][name][param], val)
             if problem:
                 raise UserError(f"{where}.{stage.value}.{name}.{param}: {val!r} {problem}")
             params[f"{stage.value}.{name}.{param}"] = val
+        if stage == Stage.PRUNE:
+            pruned = space.needs_recovery(name, fixed or {})
     return params
 
 

@@ -21,12 +21,21 @@ from autocompress.store import atomic_write, sha256_file, verify_files
 
 def base_key(config: RunConfig) -> str:
     """Hash of what determines the base weights (model, data, seed)."""
+    device = _train_device(config)
     blob = json.dumps([config.model.model_dump(mode="json"), config.data.model_dump(mode="json"),
-                       config.search.seed], sort_keys=True)
+                       config.search.seed, *([device] if device != "cpu" and config.model.base_epochs() else [])],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 WEIGHTS = "weights.safetensors"
+
+
+def _train_device(config: RunConfig) -> str:
+    """Where the base trains: ``train.device`` (``auto``: CUDA when this process sees it)."""
+    if config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
 
 
 def prepare_base(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> Path:
@@ -54,14 +63,17 @@ def prepare_base(config: RunConfig, run_dir: Path, log: Callable[[str], None] = 
     data = load_data(config.data, config.model.img_size)
     model = create_model(config.model, config.model.num_classes or data.num_classes)
     info = {"key": key, "trained_epochs": 0}
-    if config.model.train_epochs > 0:
+    epochs = config.model.base_epochs()
+    if epochs > 0:
         t0 = time.time()
-        log(f"base: training {config.model.name} for {config.model.train_epochs} epochs on {len(data.train)} images")
-        fit(model, data, epochs=config.model.train_epochs, lr=config.model.train_lr, seed=config.search.seed,
-            batch_size=config.data.batch_size,
-            on_epoch=lambda e, m: log(f"base: epoch {e + 1}/{config.model.train_epochs} "
-                                      f"val top-1 {top1(module_predictor(m), data.val):.2f}%"))
-        info.update(trained_epochs=config.model.train_epochs, train_seconds=round(time.time() - t0, 1))
+        device = _train_device(config)
+        log(f"base: training {config.model.name} for {epochs} epochs on {len(data.train)} images ({device})")
+        fit(model, data, epochs=epochs, lr=config.model.train_lr, seed=config.search.seed,
+            batch_size=config.data.batch_size, device=device,
+            on_epoch=lambda e, m: log(f"base: epoch {e + 1}/{epochs} "
+                                      f"val top-1 {top1(module_predictor(m, device), data.val):.2f}%"))
+        model.cpu()
+        info.update(trained_epochs=epochs, train_seconds=round(time.time() - t0, 1), train_device=device)
     save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(weights))
     info["sha256"] = sha256_file(weights)
     atomic_write(key_file, json.dumps(info))

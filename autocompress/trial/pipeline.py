@@ -35,7 +35,7 @@ from autocompress.measure import (
     module_predictor,
     top1,
 )
-from autocompress.models import FitCheckpoint, FitState, TimeUp, create_model
+from autocompress.models import FitCheckpoint, FitState, NotCheckpointable, Rung, TimeUp, create_model
 from autocompress.objectives import metric_keys, required_metrics, structure_verdict, within_budget
 from autocompress.plugin import (
     NONE,
@@ -87,6 +87,9 @@ class TrialSpec:
         deadline: When the search's time is up (epoch seconds), or ``None``: a fine-tune running then
             stops between two batches, saved, and the trial is recorded ``interrupted`` (re-queued; its
             fine-tune continues on ``--resume``).
+        rung: The trial's rung of the fidelity ladder, or ``None``: ``index``, ``epochs``, ``rungs``,
+            ``decay``, the ``stage`` and ``plugin`` whose length it sets, and ``promoted_from`` (the trial
+            one rung below whose saved state its fine-tune continues).
     """
 
     number: int
@@ -100,6 +103,7 @@ class TrialSpec:
     history: list = field(default_factory=list)
     front: list = field(default_factory=list)
     deadline: float | None = None
+    rung: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +257,15 @@ class _Trial:
         self.plugin_log: list[str] = []
         self.out: dict[str, Any] = {"durations": self.durations, "curve": self.curve, "plugin_log": self.plugin_log}
         self.curve_images = curve_sample_size(config.budget.max_accuracy_drop, len(self.data.val))
-        self.rule = StopRule(mode=config.search.early_stop, floor=spec.floor, history=spec.history, front=spec.front,
+        self.ladder = spec.rung if self.trains else None
+        # below the top rung a trial is not stopped on its curve: promotion among its peers decides
+        below_top = self.ladder is not None and self.ladder["index"] < len(self.ladder["rungs"]) - 1
+        self.fit_rung: Rung | None = None
+        if self.ladder is not None:
+            self.out["rung"] = {"index": self.ladder["index"], "epochs": self.ladder["epochs"],
+                                "promoted_from": self.ladder.get("promoted_from"), "continued": False}
+        self.rule = StopRule(mode="none" if below_top else config.search.early_stop, floor=spec.floor,
+                             history=spec.history, front=spec.front,
                              latency_margin=config.search.latency_margin, slice_size=self.curve_images,
                              objectives=metric_keys(config.objectives))
         self.offset = 0    # the curve's last step before the running stage: stages' epochs count on
@@ -308,6 +320,43 @@ class _Trial:
             curve_images=self.curve_images, deadline=None if structure_only else self.spec.deadline,
             fit_checkpoint=None if structure_only else self.fit_checkpoint)
 
+    def rung(self) -> Rung:
+        """A plugin's ``ctx.rung`` (the scheduled step only): this trial's rung, continuing from the state the
+        rung below kept for this configuration, and keeping this rung's for the one above."""
+        ladder, memo = self.ladder, Memo(self.memo_root / "rungs", max_bytes=self.memo_bytes)
+        rungs, index = ladder["rungs"], ladder["index"]
+        start = None
+        if index > 0:
+            entry = memo.get(self.branch_key(rungs[index - 1]))
+            if entry is not None:
+                try:
+                    start = FitState.read(entry.folder)
+                except ValueError:
+                    memo.remove(entry.key)
+        keep = None
+        if index < len(rungs) - 1:
+            key = self.branch_key(rungs[index])
+
+            def keep(state: FitState) -> None:
+                with contextlib.suppress(NotCheckpointable):
+                    memo.put_with(key, state.write, {"trial": self.spec.number, "epochs": rungs[index],
+                                                     "step": state.step})
+        self.fit_rung = Rung(epochs=rungs[index], warmup=0.1 * rungs[0], decay=ladder["decay"], start=start,
+                             keep=keep)
+        return self.fit_rung
+
+    def branch_key(self, epochs: float) -> str:
+        """The key of the state where the rung of ``epochs`` begins its decay, for this configuration
+        up to the scheduled step, less its length."""
+        ladder = self.ladder
+        steps = []
+        for st, n, p, cls in self.steps[:self.running + 1]:
+            if st.value == ladder["stage"] and n == ladder["plugin"]:
+                p = {k: v for k, v in p.items() if k != cls.fidelity}
+            steps.append([st.value, n, p])
+        return content_key(self.base_id, steps, *self.trained_on, "warmup-stable-decay", ladder["rungs"][0],
+                           ladder["decay"], epochs)
+
     def fit_checkpoint(self) -> FitCheckpoint:
         """A plugin's ``ctx.fit_checkpoint``: where the running step's next fit is saved at the deadline."""
         self.fits += 1
@@ -328,7 +377,12 @@ class _Trial:
             self.trainers = sum(cls.trains(p) for _, _, p, cls in self.pending)
             self.pending.remove(step)
             self.running, self.fits = self.steps.index(step), 0
+            scheduled = self.ladder is not None and (step[0].value, step[1]) == (self.ladder["stage"],
+                                                                                 self.ladder["plugin"])
+            ctx.rung = self.rung if scheduled else None
             model = _apply([step], model, ctx, self.durations, timer=self.timer)
+            if scheduled and self.fit_rung is not None:
+                self.out["rung"]["continued"] = self.fit_rung.continued
         return model
 
     # -- the steps ---------------------------------------------------------------------------
@@ -345,8 +399,11 @@ class _Trial:
             *self.trained_on)
         hit = self.artefacts.get(self.whole_key)
         if hit is not None:
-            return _remeasure(*hit, key=self.whole_key, out_dir=self.out_dir, runtime=self.runtime, curve=self.curve,
-                              durations=self.durations, measure=functools.partial(self.measure, after=self.steps))
+            record = _remeasure(*hit, key=self.whole_key, out_dir=self.out_dir, runtime=self.runtime, curve=self.curve,
+                                durations=self.durations, measure=functools.partial(self.measure, after=self.steps))
+            if "rung" in self.out:
+                record["rung"] = self.out["rung"]
+            return record
         if self.artefacts.corrupt:
             self.out["artefact_cache"] = {"key": self.whole_key, "corrupt_rebuilt": True}
         return None
@@ -645,6 +702,7 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         record["files"] = file_hashes([*artefact.files, *module_files(final.parent / MODULE_STEM)], spec.run_dir)
     if BASE in lat:
         record["base_latency_same_window"] = lat[BASE].to_dict()
+        record["base_runtime"] = energy["base_runtime"]
         record["latency_vs_base"] = metrics["latency_vs_base"]
     if not kept:
         for f in artefact.files:
@@ -691,9 +749,11 @@ def _time(artefact: Artefact, predict, *, spec: TrialSpec, config: RunConfig, ru
     """
     threads = config.device.threads
     predictors = {"trial": predict}
-    base_path = Path(spec.run_dir) / "base" / f"model{runtime.suffix}"
+    base_runtime = runtime if config.device.agents else _reference_runtime(spec.run_dir, runtime)
+    base_path = Path(spec.run_dir) / "base" / f"model{base_runtime.suffix}"
     if spec.number >= 0 and base_path.exists():
-        predictors[BASE] = _base_predictor(str(base_path), runtime.name, threads, device.type, base_path.stat().st_mtime)
+        predictors[BASE] = _base_predictor(str(base_path), base_runtime.name, threads, device.type,
+                                           base_path.stat().st_mtime)
     meter, no_energy = energy_meter(device.type) if not config.device.agents else (None, AGENT_NO_ENERGY)
     tracker = EnergyTracker(meter, config.device.warmup) if meter is not None else None
     example = data.test.example(config.device.batch_size)
@@ -708,8 +768,21 @@ def _time(artefact: Artefact, predict, *, spec: TrialSpec, config: RunConfig, ru
                                   rounds=config.device.rounds, threads=threads,
                                   sync=torch.cuda.synchronize if device.type == "cuda" else None)
     energy = {"figures": tracker.finish() if tracker else {}, "source": meter.source if meter else None,
-              "not_available": no_energy}
+              "not_available": no_energy, "base_runtime": base_runtime.name if BASE in predictors else None}
     return lat, source, energy
+
+
+def _reference_runtime(run_dir: str, runtime):
+    """The runtime of the base a trial is timed beside: the run's reference (the base on its fastest
+    target runtime, ``base.json``), so every trial's ratio and the budget's ``max_latency_vs_base`` mean
+    the same base whatever runtime the trial was saved for; ``runtime`` itself before the reference
+    is known (the base's own measurement) or when it is that one."""
+    path = Path(run_dir) / "base.json"
+    try:
+        name = json.loads(path.read_text())["metrics"]["runtime"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return runtime
+    return runtime if name == runtime.name else get_runtime(name)
 
 
 def _device_name(device: torch.device) -> str:

@@ -162,6 +162,22 @@ class ContinuedFrom(_Part):
     step: int
 
 
+class RungUse(_Part):
+    """A trial's rung of the fidelity ladder (``search.rungs``).
+
+    Attributes:
+        index / epochs: Which rung, and its length in epochs from the start of training.
+        promoted_from: The trial at the rung below that this one continues (``None`` at the first rung).
+        continued: Whether the fine-tune continued from that trial's saved state (``False``: it was not
+            found, e.g. evicted from the cache, and the fine-tune ran from the start).
+    """
+
+    index: int
+    epochs: float
+    promoted_from: int | None = None
+    continued: bool = False
+
+
 class TimedOut(_Part):
     """A step that ran past ``search.step_timeout``."""
 
@@ -182,6 +198,8 @@ class TrialRecord(_Part):
         metrics: The measured figures (``None`` for a failed or pruned trial).
         latency / base_latency_same_window / latency_vs_base / latency_source / device: How latency
             was timed (``latency_source`` is ``local`` or the agent that timed it).
+        base_runtime: The runtime of the base timed beside it: the run's reference (the base on its
+            fastest target runtime), whatever runtime the trial was saved for.
         train_device: The device the trial's fine-tune ran on (``train.device``), e.g. ``cuda:NVIDIA H200``
             or ``cpu:x86_64``; ``None`` when nothing trained (and in runs from before it was recorded).
         footprint: How MACs, memory and energy were measured.
@@ -197,6 +215,7 @@ class TrialRecord(_Part):
         feasible / constraints: The controller's verdict on the budget.
         interrupted: Stopped by the search (Ctrl-C, time limit, crash) and re-queued.
         continued_from: A fine-tune stopped at the time limit that this trial continued.
+        rung: The trial's rung of the fidelity ladder, and the trial it was promoted from.
         by_runtime: The base's figures on each target runtime (``base.json`` only).
         plugin_log: Lines the trial's plugins logged.
     """
@@ -214,6 +233,7 @@ class TrialRecord(_Part):
     metrics: Metrics | None = None
     latency: LatencyStats | None = None
     base_latency_same_window: LatencyStats | None = None
+    base_runtime: str | None = None
     latency_vs_base: float | None = None
     latency_source: str | dict[str, Any] | None = None
     device: str | None = None
@@ -241,6 +261,7 @@ class TrialRecord(_Part):
     constraints: dict[str, float] | None = None
     interrupted: bool = False
     continued_from: ContinuedFrom | None = None
+    rung: RungUse | None = None
     by_runtime: dict[str, Metrics] | None = None
     plugin_log: list[str] = Field(default_factory=list)
 

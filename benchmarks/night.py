@@ -1,0 +1,692 @@
+"""A real night on real data: the search must beat an hour of hand work (issue 18).
+
+Setting: the shared base ``../shared/models/resnet18-cifar10.pth`` (timm resnet18, CIFAR-10, 32x32;
+its JSON sidecar gives the normalisation) and the full shared CIFAR-10 ImageFolder
+``../shared/datasets/cifar10`` with ``data.val_from: test`` (all 50,000 train images train; the
+10,000 test images are cut into fixed, stratified halves: 5,000 validation, 5,000 held-out test).
+Budget: top-1 drop <= 1 pp, latency <= 0.5x the base timed beside each trial, <= 4 MB; target
+runtimes ONNX Runtime and OpenVINO (searched), 2 threads, batch 1.
+
+Each part is its own command, to run as a background job with nothing CPU-heavy beside it:
+
+    python benchmarks/night.py hand [--epochs 5] [--lr 1e-3]
+        The hand pipeline, as an hour of hand work with the same libraries would do it:
+        channel_prune 50 % (l2, round_to 8), ``--epochs`` of plain cross-entropy fine-tuning
+        (AdamW, one-cycle, peak ``--lr``), NNCF int8 on OpenVINO; plus NNCF int8 alone on the
+        unpruned base, and the base itself on ONNX Runtime and on OpenVINO. Top-1 on the test half,
+        latency of all in one interleaved run, size on disk. Writes OUT/hand.json (+ OUT/hand/).
+        ~20 min on 2 cores (5 epochs x ~2-3 min on 50,000 images, data ~1 min, NNCF ~1 min each).
+    python benchmarks/night.py arm NAME [--hours 2] [--control]
+        Writes OUT/NAME/config.yaml and OUT/NAME/space.yaml and runs ``autocompress search`` on
+        them (run folder OUT/NAME/run, ``search.timeout`` = the hours, 10,000 trials so time is the
+        limit, warm start on but a space without warm starts). Search arm: the fidelity scheduler
+        (``search.rungs: [1, 3, 9]``, emitted only when the schema has the key). ``--control``:
+        ``search.rungs: null`` and logit_kd's epochs searched (1..6); ``search.first_structures`` stays
+        at its default unless ``--no-first-structures``. Writes OUT/NAME/arm.json
+        (start, end, wall seconds, command, exit status) and OUT/NAME/search.log.
+        The hours plus ~5 min (data, the base on two runtimes, the budget check).
+    python benchmarks/night.py report
+        Reads OUT/hand.json and every OUT/*/arm.json with its run folder; writes OUT.md
+        (``benchmarks/results/night.md`` by default) and prints it: base, hand pipeline, NNCF int8
+        alone, each arm's front; per arm the time to the first feasible model, to hand parity and to
+        its best; the target check (met or missed). Seconds.
+    python benchmarks/night.py all [--hours 2]
+        hand, arm search, arm control --control, report, one after the other: ~2 x hours + 30 min.
+
+``--max-samples N`` (hand, arm, all) caps every split at N images (``data.max_samples``) for a quick
+smoke run; ``--out DIR`` (every command) moves the results from ``benchmarks/results/night``.
+
+    HF_HUB_OFFLINE=1 python benchmarks/night.py hand --epochs 0.05 --max-samples 600 --out /tmp/nightsmoke
+    HF_HUB_OFFLINE=1 python benchmarks/night.py arm smoke --hours 0.05 --max-samples 600 --out /tmp/nightsmoke
+    python benchmarks/night.py report --out /tmp/nightsmoke          # ~5 min in all, on 2 cores
+
+Figures compare within one machine (each names its run folder and machine). Latency ratios in the
+report are to the faster fp32 base: the hand rows' base is timed in the same interleaved run; a
+search trial's ``latency_vs_base`` is to the base on the trial's own runtime timed beside it, which
+the report rescales by the two bases' latencies in the run's ``base.json`` (both columns are shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+BASE_WEIGHTS = SHARED / "models" / "resnet18-cifar10.pth"
+CIFAR = SHARED / "datasets" / "cifar10"
+if str(ROOT) not in sys.path:  # the project's own autocompress, whatever the installed one points at
+    sys.path.insert(0, str(ROOT))
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "night"
+RUNTIMES = ["onnxruntime", "openvino"]
+THREADS = 2
+BUDGET = {"max_accuracy_drop": 1.0, "max_latency_vs_base": 0.5, "max_size_mb": 4.0, "max_latency_ms": None}
+PRUNE = {"ratio": 0.5, "importance": "l2", "round_to": 8}  # the hand pipeline's pruning
+WITHIN_PP = 1.0  # "within 1 pp" of the base's test top-1
+
+
+# -- shared ---------------------------------------------------------------------------------------
+
+def run_config(*, max_samples: int | None, hours: float | None = None, control: bool = False,
+               space: Path | None = None, first_structures: bool = True) -> dict[str, Any]:
+    """The run config of this benchmark as a mapping (the YAML an arm writes).
+
+    Args:
+        max_samples: ``data.max_samples`` (``None`` = every image).
+        hours: ``search.timeout`` in hours (``None``: no search section beyond the defaults).
+        control: The control arm: ``search.rungs: null`` (the fidelity scheduler off).
+        space: The search-space file.
+        first_structures: ``search.first_structures`` (written only when the schema has it).
+
+    Returns:
+        The config mapping; keys the installed schema lacks (``rungs``) are left out.
+    """
+    from autocompress.config.schema import SearchConfig
+
+    fields = SearchConfig.model_fields
+    search: dict[str, Any] = {"trials": 10000, "warm_start": True}
+    if hours is not None:
+        search["timeout"] = float(hours) * 3600.0
+    if "rungs" in fields:
+        search["rungs"] = None if control else [1, 3, 9]
+    if "first_structures" in fields and not first_structures:
+        search["first_structures"] = False
+    config: dict[str, Any] = {
+        "model": {"name": "resnet18", "num_classes": 10, "img_size": 32, "checkpoint": str(BASE_WEIGHTS),
+                  "train_epochs": 0},  # 0: the checkpoint as it is (the default fine-tunes it)
+        "data": {"source": "imagefolder", "path": str(CIFAR), "val_from": "test", "max_samples": max_samples},
+        "budget": dict(BUDGET),
+        "device": {"runtime": list(RUNTIMES), "threads": THREADS},
+        "search": search,
+    }
+    if space is not None:
+        config["search_space"] = str(space)
+    return config
+
+
+def search_space(control: bool) -> dict[str, Any]:
+    """The searched space: prune none | channel_prune, distill none | logit_kd, quantize none | int8_static |
+    nncf_int8; no warm starts. The control arm searches logit_kd's epochs (1..6); the search arm leaves
+    them to the fidelity scheduler."""
+    return {
+        "prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.3, "high": 0.8, "step": 0.1},
+                                                "importance": "l2", "round_to": 8}},
+        "distill": {"none": {}, "logit_kd": {"epochs": {"low": 1, "high": 6, "step": 1}} if control else {}},
+        "quantize": {"none": {}, "int8_static": {}, "nncf_int8": {}},
+    }
+
+
+def missing_shared() -> str | None:
+    """One line saying what of ``../shared`` is missing, or ``None``."""
+    for need in (BASE_WEIGHTS, BASE_WEIGHTS.with_suffix(".json"), CIFAR / "train", CIFAR / "test"):
+        if not need.exists():
+            return f"skipped: needs {need} (the shared base and CIFAR-10 under ../shared), which is missing"
+    return None
+
+
+def machine() -> dict[str, Any]:
+    """CPU (``lscpu`` model name and int8 flags), threads, library versions and the load average."""
+    from autocompress.device.machine import describe
+
+    info = describe(THREADS)
+    import importlib.metadata
+
+    for pkg in ("openvino", "nncf"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # absent: said where it is needed
+            info.setdefault("versions", {})[pkg] = importlib.metadata.version(pkg)
+    info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def command_line() -> str:
+    """The command that ran, as typed (relative to the project root when inside it)."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *map(shlex.quote, sys.argv[1:])])
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes ``data`` as indented JSON, through a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+# -- hand ------------------------------------------------------------------------------------------
+
+def hand(args: argparse.Namespace) -> int:
+    """The hand pipeline, NNCF int8 alone and the base: top-1 on the test half, latency interleaved, size.
+
+    Writes ``OUT/hand.json`` and keeps the artefacts under ``OUT/hand/``.
+    """
+    import shutil
+
+    import torch
+
+    from autocompress.config import RunConfig
+    from autocompress.data import load_data, normalisation
+    from autocompress.measure.accuracy import count_params, measure_latency, module_predictor, top1
+    from autocompress.measure.runtimes import get_runtime
+    from autocompress.models import create_model
+    from autocompress.plugin.contract import TrialContext
+    from autocompress.plugin.helpers import fit
+    from autocompress.plugin.registry import discover
+    from autocompress.trial.pipeline import resolve_devices
+
+    t_start = time.time()
+    walls: dict[str, float] = {}
+    config = RunConfig.model_validate(run_config(max_samples=args.max_samples))
+    mean, std, source = normalisation(config.model, config.data)  # as the search fixes it before loading
+    config.data.mean, config.data.std = mean, std
+    torch.set_num_threads(THREADS)
+    train_device, _ = resolve_devices(config)
+    t0 = time.time()
+    data = load_data(config.data, config.model.img_size)  # the same split objects the search gets
+    walls["data"] = round(time.time() - t0, 1)
+    print(f"data: {len(data.train)} train, {len(data.val)} validation, {len(data.test)} test images "
+          f"({walls['data']:.0f} s); normalisation from {source}; fine-tune on {train_device}")
+
+    work = args.out / "hand"
+    shutil.rmtree(work, ignore_errors=True)
+    for sub in ("base", "pruned"):  # a runtime's save does not make its folder
+        (work / sub).mkdir(parents=True)
+    registry = discover()
+    ort, ov = get_runtime("onnxruntime"), get_runtime("openvino")
+    example = data.train.example(1)
+
+    def context(sub: str) -> TrialContext:
+        folder = work / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        return TrialContext(data=data, teacher=None, device=train_device, runtime="openvino", example_input=example,
+                            workdir=folder, seed=config.search.seed, batch_size=config.data.batch_size,
+                            threads=THREADS)
+
+    rows: dict[str, dict[str, Any]] = {}
+    predictors: dict[str, Any] = {}
+
+    def add(key: str, name: str, artefact, params: int, make_s: float, notes: str = "") -> None:
+        predict = get_runtime(artefact.runtime).load(artefact, threads=THREADS)
+        t = time.time()
+        test = top1(predict, data.test, batch_size=config.data.batch_size)
+        val = top1(predict, data.val, batch_size=config.data.batch_size)
+        size = artefact.size_bytes()
+        rows[key] = {"name": name, "runtime": artefact.runtime, "precision": artefact.precision,
+                     "test_top1": round(test, 4), "val_top1": round(val, 4), "size_bytes": size,
+                     "size_mb": round(size / 1e6, 6), "params": params, "make_s": round(make_s, 1),
+                     "artefact": str(Path(artefact.path).relative_to(args.out)), "notes": notes}
+        predictors[key] = predict
+        walls.setdefault("accuracy", 0.0)
+        walls["accuracy"] = round(walls["accuracy"] + time.time() - t, 1)
+        print(f"  {name:<62} test {test:6.2f}%  val {val:6.2f}%  {size / 1e6:7.2f} MB  ({make_s:.0f} s to make, "
+              f"{time.time() - t:.0f} s to evaluate)")
+
+    print("base (fp32)")
+    t0 = time.time()
+    base = create_model(config.model, 10).eval()
+    base_params = count_params(base)
+    a = ort.save(base, example, work / "base" / "model.onnx")
+    add("base_onnxruntime", "base, fp32, ONNX Runtime", a, base_params, time.time() - t0)
+    t0 = time.time()
+    a = ov.save(base, example, work / "base" / "model.xml")
+    add("base_openvino", "base, fp32, OpenVINO", a, base_params, time.time() - t0)
+    walls["base"] = round(sum(rows[k]["make_s"] for k in rows), 1)
+
+    nncf = registry.get("nncf_int8")
+    print("NNCF int8 alone (OpenVINO, nncf_int8 defaults)")
+    t0 = time.time()
+    a = nncf.from_params({}).apply(copy.deepcopy(base), context("nncf_alone"))
+    walls["nncf_alone"] = round(time.time() - t0, 1)
+    add("nncf_alone", "NNCF int8 alone, OpenVINO", a, base_params, walls["nncf_alone"])
+
+    print(f"hand pipeline: channel_prune {PRUNE}, {args.epochs} epochs of cross-entropy fine-tuning "
+          f"(AdamW, one-cycle, peak lr {args.lr:g}), NNCF int8")
+    t0 = time.time()
+    pruned = registry.get("channel_prune").from_params(PRUNE).apply(copy.deepcopy(base), context("prune"))
+    walls["prune"] = round(time.time() - t0, 1)
+    pruned_params = count_params(pruned)
+    pruned_val = top1(module_predictor(pruned), data.val, batch_size=config.data.batch_size)
+    print(f"  pruned: {pruned_params:,} params (base {base_params:,}), val top-1 {pruned_val:.2f}% before fine-tuning "
+          f"({walls['prune']:.0f} s)")
+    curve: list[list[float]] = []
+
+    def on_epoch(epoch: int, model: torch.nn.Module) -> None:
+        acc = top1(module_predictor(model, train_device), data.val, batch_size=config.data.batch_size)
+        curve.append([epoch + 1, round(acc, 4), round(time.time() - t0, 1)])
+        print(f"  fine-tune epoch {epoch + 1}: val top-1 {acc:.2f}% ({time.time() - t0:.0f} s)")
+
+    t0 = time.time()
+    tuned = fit(pruned, context("fine_tune"), epochs=args.epochs, lr=args.lr, on_epoch=on_epoch).cpu().eval()
+    walls["fine_tune"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    a = ort.save(tuned, example, work / "pruned" / "model.onnx")
+    add("pruned_fp32", "pruned 50 % + fine-tuned, fp32, ONNX Runtime", a, pruned_params,
+        walls["prune"] + walls["fine_tune"] + time.time() - t0)
+    t0 = time.time()
+    a = nncf.from_params({}).apply(copy.deepcopy(tuned), context("nncf_pipeline"))
+    walls["nncf_pipeline"] = round(time.time() - t0, 1)
+    add("hand_pipeline", "hand pipeline: pruned 50 % + fine-tuned + NNCF int8, OpenVINO", a, pruned_params,
+        walls["prune"] + walls["fine_tune"] + walls["nncf_pipeline"])
+
+    d = config.device
+    print(f"latency: {len(predictors)} predictors in one interleaved run, batch 1, {THREADS} threads "
+          f"({d.warmup} warm-up calls, {d.rounds} rounds x {d.repeats} calls)")
+    t0 = time.time()
+    lat = measure_latency(predictors, data.test.example(d.batch_size), warmup=d.warmup, repeats=d.repeats,
+                          rounds=d.rounds, threads=THREADS)
+    walls["latency"] = round(time.time() - t0, 1)
+    fastest = min(("base_onnxruntime", "base_openvino"), key=lambda k: lat[k].median_ms)
+    same = {"onnxruntime": "base_onnxruntime", "openvino": "base_openvino"}
+    for key, row in rows.items():
+        l = lat[key]
+        row.update(latency_ms=round(l.median_ms, 4), p10_ms=round(l.p10_ms, 4), p90_ms=round(l.p90_ms, 4),
+                   cv=round(l.cv, 4),
+                   latency_vs_base=round(l.median_ms / lat[fastest].median_ms, 4),
+                   latency_vs_same_runtime_base=round(l.median_ms / lat[same[row["runtime"]]].median_ms, 4),
+                   size_vs_base=round(row["size_bytes"] / rows[fastest]["size_bytes"], 4))
+    walls["total"] = round(time.time() - t_start, 1)
+    result = {
+        "what": "issue 18: the hand pipeline, NNCF int8 alone and the base, on the search's data split",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": command_line(),
+        "machine": machine(),
+        "data": {**data.summary(), "config": config.data.model_dump(mode="json"), "normalisation": source},
+        "base_checkpoint": str(BASE_WEIGHTS),
+        "settings": {
+            "prune": {"plugin": "channel_prune", **PRUNE},
+            "fine_tune": {"epochs": args.epochs, "lr": args.lr, "optimizer": "AdamW (weight decay 0.05)",
+                          "schedule": "one-cycle (25 % warm-up)",
+                          "loss": "cross-entropy, label smoothing 0.1 (autocompress.plugin.helpers.fit)",
+                          "batch_size": config.data.batch_size, "device": str(train_device),
+                          "why_lr": "peak lr for fine-tuning a trained CNN after pruning with AdamW: 1e-3 restores "
+                                    "a 50 %-pruned model faster than 3e-4 in a few epochs without destroying it"},
+            "quantize": {"plugin": "nncf_int8", "params": "defaults (subset_size 300, performance preset)"},
+            "latency": {"warmup": d.warmup, "repeats": d.repeats, "rounds": d.rounds, "threads": THREADS,
+                        "batch": d.batch_size, "interleaved": True},
+        },
+        "reference": fastest,
+        "hand": "hand_pipeline",
+        "pruned_val_before_fine_tune": round(pruned_val, 4),
+        "fine_tune_curve": curve,
+        "rows": rows,
+        "wall_s": walls,
+    }
+    write_json(args.out / "hand.json", result)
+    print(f"reference: {rows[fastest]['name']} ({rows[fastest]['latency_ms']:.3f} ms)")
+    for key, row in rows.items():
+        print(f"  {row['name']:<62} test {row['test_top1']:6.2f}%  {row['latency_ms']:.3f} ms "
+              f"({row['latency_vs_base']:.3f}x the base)  {row['size_mb']:.2f} MB ({row['size_vs_base']:.3f}x)")
+    print(f"wrote {args.out / 'hand.json'} ({walls['total']:.0f} s)")
+    return 0
+
+
+# -- arm -------------------------------------------------------------------------------------------
+
+def arm(args: argparse.Namespace) -> int:
+    """Writes an arm's config and space and runs ``autocompress search`` on them as a subprocess."""
+    import yaml
+
+    from autocompress.config import load_config
+
+    folder = args.out / args.name
+    run_dir = folder / "run"
+    if (run_dir / "config.yaml").exists():
+        print(f"{run_dir} already holds a run; name another arm or remove it")
+        return 2
+    folder.mkdir(parents=True, exist_ok=True)
+    space_file, config_file = folder / "space.yaml", folder / "config.yaml"
+    space_file.write_text(yaml.safe_dump(search_space(args.control), sort_keys=False))
+    raw = run_config(max_samples=args.max_samples, hours=args.hours, control=args.control,
+                     space=space_file.resolve(), first_structures=not args.no_first_structures)
+    config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_config(config_file)  # a config the schema refuses stops here, before any work
+    cmd = [sys.executable, "-m", "autocompress.cli", "search", str(config_file), "--out", str(run_dir), "--quiet"]
+    print(f"arm {args.name} ({'control: fidelity scheduler off, epochs searched' if args.control else 'search'}): "
+          f"{args.hours:g} h; search.rungs: {raw['search'].get('rungs', 'not in this schema')}")
+    print("  " + " ".join(map(shlex.quote, cmd)))
+    info: dict[str, Any] = {
+        "name": args.name, "control": args.control, "hours": args.hours, "command": command_line(),
+        "search_command": " ".join(map(shlex.quote, cmd)), "config": str(config_file), "space": str(space_file),
+        "run_dir": str(run_dir), "search": raw["search"], "max_samples": args.max_samples,
+        "started": time.time(), "date": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    write_json(folder / "arm.json", info)
+    rc = None
+    try:
+        with open(folder / "search.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                rc = proc.wait()
+            except KeyboardInterrupt:  # the search got the same Ctrl-C: it records and re-queues, then ends
+                rc = proc.wait()
+    finally:
+        info.update(finished=time.time(), returncode=rc)
+        info["wall_s"] = round(info["finished"] - info["started"], 1)
+        write_json(folder / "arm.json", info)
+    tail = (folder / "search.log").read_text().strip().splitlines()[-4:]
+    print("\n".join("  " + line for line in tail))
+    print(f"arm {args.name}: exit {rc}, {info['wall_s']:.0f} s; run folder {run_dir}")
+    return 0 if rc == 0 else 1
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def _finish(r: dict) -> float:
+    return r.get("finished") or (r["started"] + (r.get("duration_s") or 0.0))
+
+
+def _describe(choices: dict) -> str:
+    parts = []
+    for stage in ("prune", "distill", "quantize"):
+        name, params = (choices.get(stage) or ["none", {}])[:2]
+        if name != "none":
+            shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+                              if k not in ("importance", "round_to"))
+            parts.append(f"{name}({shown})" if shown else name)
+    runtime = (choices.get("runtime") or [None])[0]
+    return (" + ".join(parts) or "no compression") + (f" @{runtime}" if runtime else "")
+
+
+def load_arm(folder: Path) -> dict[str, Any] | None:
+    """An arm's figures from ``arm.json`` and its run folder; ``None`` when it has no run yet."""
+    info = json.loads((folder / "arm.json").read_text()) if (folder / "arm.json").is_file() else {}
+    run = Path(info.get("run_dir") or folder / "run")
+    if not (run / "base.json").is_file():
+        return None
+    from autocompress.store.run_folder import RunFolder
+
+    base = json.loads((run / "base.json").read_text())
+    records = [r for r in RunFolder(run).trials() if r.get("number", -1) >= 0]
+    pareto = json.loads((run / "pareto.json").read_text()) if (run / "pareto.json").is_file() else {"front": []}
+    mach = json.loads((run / "machine.json").read_text()) if (run / "machine.json").is_file() else {}
+    data = json.loads((run / "data.json").read_text()) if (run / "data.json").is_file() else {}
+    # the run's start: the search's clock starts just before the base is measured (after the data is loaded,
+    # which the search command's start in arm.json also counts)
+    if base.get("started"):
+        t0, t0_from = base["started"], "the base measurement's start (base.json), where the search's clock starts"
+    elif info.get("started"):
+        t0, t0_from = info["started"], "the search command's start (arm.json)"
+    else:
+        t0, t0_from = min((r["started"] for r in records), default=time.time()), "the earliest record's start"
+    bm = base["metrics"]
+    by_rt = {rt: m["latency_ms"] for rt, m in (base.get("by_runtime") or {}).items()}
+
+    def ratio_fastest(r: dict) -> float | None:
+        """The record's latency over the fastest fp32 base (its own ratio is to the base on its runtime)."""
+        ratio = r.get("latency_vs_base")
+        if ratio is None:
+            return None
+        runtime = (r.get("metrics") or {}).get("runtime") or bm["runtime"]
+        return ratio * by_rt.get(runtime, bm["latency_ms"]) / bm["latency_ms"]
+
+    for r in records:
+        r["_t"] = _finish(r) - t0
+        r["_ratio"] = ratio_fastest(r)
+    ends = [info.get("finished")] + [_finish(r) for r in records]
+    return {"name": folder.name, "folder": folder, "run": run, "info": info, "base": base, "records": records,
+            "pareto": pareto, "machine": mach, "data": data, "t0": t0, "t0_from": t0_from,
+            "wall_s": info.get("wall_s") or (max(e for e in ends if e) - t0 if records else 0.0),
+            "control": bool(info.get("control"))}
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def arm_times(a: dict, hand_row: dict | None) -> dict[str, Any]:
+    """Time to the first feasible record, to hand parity and to the arm's best, from the run start."""
+    base_test = a["base"]["metrics"].get("test_accuracy")
+    feasible = [r for r in a["records"] if r.get("state") == "complete" and r.get("feasible")]
+
+    def parity(r: dict) -> bool:
+        m = r.get("metrics") or {}
+        return (hand_row is not None and base_test is not None and m.get("test_accuracy") is not None
+                and m["size_mb"] <= hand_row["size_mb"] and r["_ratio"] is not None
+                and r["_ratio"] <= hand_row["latency_vs_base"] and m["test_accuracy"] >= base_test - WITHIN_PP)
+
+    first = min(feasible, key=lambda r: r["_t"], default=None)
+    at_parity = sorted((r for r in feasible if parity(r)), key=lambda r: r["_t"])
+    pool = [r for r in feasible if hand_row is not None and (r.get("metrics") or {})["size_mb"] <= hand_row["size_mb"]
+            and r["_ratio"] is not None and r["_ratio"] <= hand_row["latency_vs_base"]] or feasible
+    # the most accurate on validation (what the search sees; the test half stays held out), earliest on ties
+    best = max(pool, key=lambda r: ((r["metrics"].get("accuracy") or 0.0), -r["_t"]), default=None)
+    front = {row["number"] for row in a["pareto"].get("front", [])}
+    front_parity = [r for r in at_parity if r["number"] in front]
+    return {"feasible": feasible, "first": first, "parity": at_parity[0] if at_parity else None,
+            "best": best, "best_as_small_and_fast": bool(best is not None and pool is not feasible),
+            "front_parity": front_parity, "parity_fn": parity}
+
+
+def report(args: argparse.Namespace) -> int:
+    """Reads hand.json and the arms' run folders; writes and prints the night's table and the target check."""
+    out: Path = args.out
+    md_path = args.md or out.parent / f"{out.name}.md"
+    hand_data = json.loads((out / "hand.json").read_text()) if (out / "hand.json").is_file() else None
+    arms = [a for a in (load_arm(f) for f in sorted(out.iterdir()) if f.is_dir() and (f / "arm.json").is_file()) if a]
+    arms.sort(key=lambda a: a["control"])  # search arms first
+    if hand_data is None and not arms:
+        print(f"nothing to report in {out}: run `hand` and `arm` first")
+        return 1
+    hand_row = hand_data["rows"][hand_data["hand"]] if hand_data else None
+    lines = ["# A real night on real data (issue 18)", ""]
+    lines += [f"Written {dt.datetime.now():%Y-%m-%d %H:%M} by `{command_line()}` from `{out}`.", "",
+              ("Setting: the shared base `resnet18-cifar10.pth` (timm resnet18, CIFAR-10, 32x32), the shared "
+               "CIFAR-10 ImageFolder with `data.val_from: test` (validation = one fixed half of the test images, "
+               "test = the other half); budget: drop <= 1 pp (validation), latency <= 0.5x the base, <= 4 MB; "
+               f"runtimes ONNX Runtime and OpenVINO, {THREADS} threads, batch 1. Top-1 below is on the test half."),
+              ""]
+    if hand_data:
+        m = hand_data["machine"]
+        s = hand_data["settings"]["fine_tune"]
+        d = hand_data["data"]
+        lines += [f"**Hand rows**: `{out / 'hand.json'}`, {hand_data['date']}, `{hand_data['command']}`; machine "
+                  f"{m.get('cpu')} ({', '.join(m.get('int8_flags', []))}), {m.get('cpu_count')} CPUs, load "
+                  f"{m.get('load_average')}; data {d['train']} train / {d['val']} val / {d['test']} test images. "
+                  f"Fine-tune: {s['epochs']} epochs, AdamW peak lr {s['lr']:g}, {s['loss']}, on {s['device']}. "
+                  f"All hand rows timed in one interleaved run; ratios to the faster fp32 base "
+                  f"({hand_data['rows'][hand_data['reference']]['name']}). Wall s: "
+                  + ", ".join(f"{k} {v:g}" for k, v in hand_data["wall_s"].items()) + ".", ""]
+    lines += ["| row | where | test top-1 % | vs base pp | latency ms | latency vs base | size MB | size vs base | note |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    if hand_data:
+        base_test = hand_data["rows"][hand_data["reference"]]["test_top1"]
+        for key in ("base_onnxruntime", "base_openvino", "hand_pipeline", "nncf_alone", "pruned_fp32"):
+            r = hand_data["rows"].get(key)
+            if r:
+                lines.append(f"| {r['name']} | hand.json | {r['test_top1']:.2f} | {r['test_top1'] - base_test:+.2f} | "
+                             f"{r['latency_ms']:.3f} | {r['latency_vs_base']:.3f}x | {r['size_mb']:.2f} | "
+                             f"{r['size_vs_base']:.3f}x | val {r['val_top1']:.2f} % |")
+    times = {}
+    for a in arms:
+        bm = a["base"]["metrics"]
+        times[a["name"]] = arm_times(a, hand_row)
+        lines.append(f"| base, {a['name']} arm ({bm['runtime']}, the run's reference) | `{a['run']}` | "
+                     f"{bm.get('test_accuracy') or float('nan'):.2f} | +0.00 | {bm['latency_ms']:.3f} | 1.000x | "
+                     f"{bm['size_mb']:.2f} | 1.000x | val {bm.get('accuracy') or float('nan'):.2f} % |")
+        records = {r["number"]: r for r in a["records"]}
+        for row in a["pareto"].get("front", []):
+            r = records.get(row["number"], {**row, "_t": None, "_ratio": None})
+            m = row["metrics"]
+            test = m.get("test_accuracy")
+            ratio = r.get("_ratio")
+            lines.append(
+                f"| {a['name']} front: trial {row['number']}, {_describe(row['choices'])} | `{a['run']}` | "
+                f"{test if test is not None else float('nan'):.2f} | "
+                f"{(test - bm['test_accuracy']) if test is not None and bm.get('test_accuracy') is not None else float('nan'):+.2f} | "
+                f"{m['latency_ms']:.3f} | {ratio if ratio is not None else float('nan'):.3f}x | {m['size_mb']:.2f} | "
+                f"{m['size_mb'] / bm['size_mb']:.3f}x | {'parity with hand; ' if r.get('_t') is not None and times[a['name']]['parity_fn'](r) else ''}"
+                f"val {m.get('accuracy') or float('nan'):.2f} %, {row.get('latency_vs_base') or float('nan'):.3f}x "
+                f"its own runtime's base timed beside it, at {_hms(r.get('_t'))} |")
+    lines += ["", ("Latency vs base: hand rows, ratio to the faster fp32 base in the same interleaved run; front rows, "
+                   "the trial's ratio to the base on its own runtime timed beside it (`latency_vs_base`, in the note), "
+                   "rescaled to the run's faster base by the two bases' latencies in its `base.json`."), ""]
+
+    lines += ["## Times (h:mm:ss from the run's start)", "",
+              ("| arm | run folder | machine | wall | records: measured / stopped early / failed / interrupted | feasible | "
+               "first feasible | hand parity | best | best: trial, test top-1 %, latency vs base, MB |"),
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in arms:
+        t = times[a["name"]]
+        rs = a["records"]
+        counts = (sum(r["state"] == "complete" and not r.get("stopped") for r in rs), sum(bool(r.get("stopped")) for r in rs),
+                  sum(r["state"] == "fail" and not r.get("interrupted") for r in rs), sum(bool(r.get("interrupted")) for r in rs))
+        b = t["best"]
+        best = (f"{b['number']} ({_describe(b['choices'])}), {b['metrics'].get('test_accuracy') or float('nan'):.2f}, "
+                f"{b['_ratio'] or float('nan'):.3f}x, {b['metrics']['size_mb']:.2f}"
+                + ("" if t["best_as_small_and_fast"] else "; none as small and fast as hand: most accurate feasible")
+                if b else "none")
+        mach = a["machine"]
+        lines.append(f"| {a['name']}{' (control)' if a['control'] else ''} | `{a['run']}` | {mach.get('cpu')} | "
+                     f"{_hms(a['wall_s'])} | {' / '.join(map(str, counts))} | {len(t['feasible'])} | "
+                     f"{_hms(t['first']['_t'] if t['first'] else None)} | "
+                     f"{_hms(t['parity']['_t'] if t['parity'] else None)} | {_hms(b['_t'] if b else None)} | {best} |")
+    lines += ["", ("Start: " + "; ".join(f"{a['name']}: {a['t0_from']}" for a in arms) + ". A record's time is "
+                   "when it finished (`finished`, else `started` + `duration_s`). Hand parity: the first feasible "
+                   "record at least as small and as fast as the hand pipeline with test top-1 within 1 pp of the "
+                   "run's base. Best: the most accurate (validation) feasible record at least as small and fast as "
+                   "hand, else the most accurate feasible one."), ""]
+
+    notes = _data_notes(hand_data, arms)
+    lines += ["## Target", ""] + target(arms, times, hand_row) + ([""] + notes if notes else [])
+    text = "\n".join(lines) + "\n"
+    print(text)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(text)
+    print(f"wrote {md_path}")
+    return 0
+
+
+def _data_notes(hand_data: dict | None, arms: list[dict]) -> list[str]:
+    """Warnings where the hand rows and the arms did not see the same split sizes."""
+    sizes = {}
+    if hand_data:
+        sizes["hand"] = tuple(hand_data["data"][k] for k in ("train", "val", "test"))
+    for a in arms:
+        if a["data"]:
+            sizes[a["name"]] = tuple(a["data"].get(k) for k in ("train", "val", "test"))
+    if len(set(sizes.values())) > 1:
+        return ["**Warning:** the parts saw different data (train / val / test images): "
+                + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in sizes.items()) + "; their figures do not compare."]
+    return []
+
+
+def target(arms: list[dict], times: dict, hand_row: dict | None) -> list[str]:
+    """The target check in words: met, missed, or why it cannot be judged."""
+    search = [a for a in arms if not a["control"]]
+    control = [a for a in arms if a["control"]]
+    goal = ("Target: inside the time, a feasible search-arm front model at least as small and as fast as the hand "
+            "pipeline, within 1 pp of the base (test), reached at least 2x sooner than the control arm reaches its best.")
+    if hand_row is None or not search or not control:
+        missing = [w for w, ok in (("hand.json", hand_row is not None), ("a search arm", bool(search)),
+                                   ("a control arm", bool(control))) if not ok]
+        return [goal, "", f"**Not judged**: missing {', '.join(missing)}."]
+    s = next((a for a in search if a["name"] == "search"), search[0])
+    c = next((a for a in control if a["name"] == "control"), control[0])
+    limit = float(s["info"].get("hours") or 0) * 3600 or None
+    found = [r for r in times[s["name"]]["front_parity"] if limit is None or r["_t"] <= limit]
+    lines = [goal, "",
+             (f"Hand pipeline: {hand_row['size_mb']:.2f} MB, {hand_row['latency_vs_base']:.3f}x the base, test "
+              f"{hand_row['test_top1']:.2f} %. Search arm `{s['run']}`, control arm `{c['run']}`.")]
+    if not found:
+        lines.append(f"**Target missed**: the search arm's front holds no feasible model as small and fast as hand within "
+                     f"1 pp inside its {_hms(limit)}.")
+        return lines
+    first = min(found, key=lambda r: r["_t"])
+    cb = times[c["name"]]["best"]
+    if cb is not None:
+        t_c, what = cb["_t"], (f"its best, trial {cb['number']} ({_describe(cb['choices'])}), at {_hms(cb['_t'])}"
+                               + ("" if times[c["name"]]["best_as_small_and_fast"] else
+                                  " (no model as small and fast as hand: its most accurate feasible)"))
+    else:
+        t_c, what = c["wall_s"], f"no feasible model in its whole {_hms(c['wall_s'])} (judged against that)"
+    speedup = t_c / first["_t"] if first["_t"] > 0 else float("inf")
+    met = speedup >= 2.0
+    lines.append(f"Search arm: trial {first['number']} ({_describe(first['choices'])}), test "
+                 f"{first['metrics']['test_accuracy']:.2f} % ({first['metrics']['test_accuracy'] - s['base']['metrics']['test_accuracy']:+.2f} pp), "
+                 f"{first['_ratio']:.3f}x the base, {first['metrics']['size_mb']:.2f} MB, at {_hms(first['_t'])}. "
+                 f"Control arm: {what}.")
+    lines.append(f"**Target {'met' if met else 'missed'}**: {speedup:.2f}x sooner (target >= 2x).")
+    return lines
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, samples: bool = True) -> None:
+        p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default benchmarks/results/night)")
+        if samples:
+            p.add_argument("--max-samples", type=int, default=None, help="images per split (data.max_samples; smoke runs)")
+
+    def hand_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--epochs", type=float, default=5.0, help="fine-tuning epochs of the hand pipeline (default 5)")
+        p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate of that fine-tune (default 1e-3)")
+
+    p = sub.add_parser("hand", help="the hand pipeline, NNCF int8 alone and the base")
+    common(p)
+    hand_options(p)
+    p = sub.add_parser("arm", help="one search arm: write its config and space, run autocompress search")
+    p.add_argument("name")
+    common(p)
+    p.add_argument("--hours", type=float, default=2.0, help="wall time of the search (default 2)")
+    p.add_argument("--control", action="store_true", help="the control arm: search.rungs null, epochs searched")
+    p.add_argument("--no-first-structures", action="store_true",
+                   help="also write search.first_structures: false (where the schema has it)")
+    p = sub.add_parser("report", help="the table and the target check")
+    common(p, samples=False)
+    p.add_argument("--md", type=Path, default=None, help="markdown file (default OUT.md: benchmarks/results/night.md)")
+    p = sub.add_parser("all", help="hand, arm search, arm control --control, report")
+    common(p)
+    hand_options(p)
+    p.add_argument("--hours", type=float, default=2.0, help="wall time of each arm (default 2)")
+    args = parser.parse_args(argv)
+
+    problem = missing_shared()
+    if problem:
+        print(problem)
+        return 0
+    args.out = args.out.resolve()
+    from autocompress.errors import UserError
+
+    try:
+        if args.command == "hand":
+            return hand(args)
+        if args.command == "arm":
+            return arm(args)
+        if args.command == "report":
+            return report(args)
+        started = time.time()
+        rc = hand(args)
+        for name, control in (("search", False), ("control", True)):
+            rc |= arm(argparse.Namespace(**{**vars(args), "name": name, "control": control,
+                                            "no_first_structures": False}))
+        rc |= report(argparse.Namespace(out=args.out, md=None))
+        print(f"all: {time.time() - started:.0f} s")
+        return rc
+    except UserError as err:  # e.g. OpenVINO not installed: one line, as the CLI says it
+        print(f"error: {err}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Fine-tune length is a fidelity the scheduler owns (search.rungs): a warmup-stable-decay schedule
+whose stable phase is kept at each rung, promotion among peers at least as compressed, a promoted
+trial that continues its fine-tune, and where the search starts (the structures the budget allows,
+no pruning without recovery, learning rates for a trained base). Real tiny models on digits."""
+
+import time
+
+import optuna
+import pytest
+import timm
+import torch
+from conftest import write_yaml
+
+from autocompress.config import DataConfig, RunConfig
+from autocompress.config.schema import load_config
+from autocompress.data import load_data
+from autocompress.errors import UserError
+from autocompress.models import Rung, fit
+from autocompress.models import _WarmupStableDecay as WSD
+from autocompress.plugin import discover
+from autocompress.search.controller import Search
+from autocompress.search.space import parse_search_space
+from autocompress.trial import TrialRecord, read_trials
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(source="digits", max_samples=300, batch_size=32), 32)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return discover()
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=10)
+
+
+def test_the_rung_schedule_warms_up_holds_then_decays_to_zero():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    wsd = WSD(opt, 0.01, warmup=4, decay_start=20, total=30)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        wsd.step()
+    assert lrs[0] < lrs[3] < 0.01 and lrs[4:20] == [0.01] * 16
+    assert all(a > b for a, b in zip(lrs[20:], lrs[21:])) and lrs[-1] == pytest.approx(0.001)
+    assert Rung(epochs=1.0, decay=0.2).decay_start(10) == 8 and Rung(epochs=3.0, decay=0.2).decay_start(10) == 24
+
+
+def test_a_promoted_fit_continues_to_the_weights_of_one_trained_straight_to_its_rung(digits):
+    torch.set_num_threads(1)
+    kw = {"lr": 0.003, "seed": 3, "batch_size": 32, "epochs": 99.0}  # a rung sets the length, not ``epochs``
+    straight = fit(_model(), digits, **kw, rung=Rung(epochs=3.0, warmup=0.1))
+
+    kept = []
+    first = fit(_model(), digits, **kw, rung=Rung(epochs=1.0, warmup=0.1, keep=kept.append))
+    (state,) = kept
+    per_epoch = -(-len(digits.train) // 32)
+    assert state.step == Rung(epochs=1.0).decay_start(per_epoch)  # where the first rung began its decay
+    promoted = Rung(epochs=3.0, warmup=0.1, start=state)
+    epochs_seen = []
+    continued = fit(_model(), digits, **kw, rung=promoted, on_epoch=lambda e, m: epochs_seen.append(e))
+    assert promoted.continued and epochs_seen == [0, 1, 2]
+    for (name, a), b in zip(straight.state_dict().items(), continued.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    # the first rung's own decay is not part of the trajectory the next rung continues
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), continued.state_dict().values()))
+
+
+def test_a_state_of_another_shape_is_not_continued(digits):
+    kept = []
+    fit(_model(), digits, lr=0.003, epochs=1, batch_size=32, rung=Rung(epochs=0.5, keep=kept.append))
+    torch.manual_seed(0)
+    other = timm.create_model("test_resnet", num_classes=10, width_factor=0.5) if False else torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    rung = Rung(epochs=1.0, start=kept[0])
+    fit(other, digits, lr=0.003, epochs=1, batch_size=32, rung=rung)
+    assert not rung.continued
+
+
+def _space(raw, registry, **kw):
+    return parse_search_space(raw, registry, "onnxruntime", **kw)
+
+
+def test_with_rungs_the_length_is_the_schedulers_unless_the_space_names_it(registry):
+    raw = {"distill": {"none": {}, "logit_kd": {}}}
+    space = _space(raw, registry, rungs=[1.0, 3.0])
+    assert "epochs" not in space.stages[next(iter(space.stages))]["logit_kd"]
+    assert space.scheduled and list(space.scheduled.values()) == [{"logit_kd": "epochs"}]
+    named = _space({"distill": {"logit_kd": {"epochs": {"low": 1, "high": 6, "step": 1}}}}, registry, rungs=[1.0, 3.0])
+    assert not named.scheduled and any("epochs: named in the space, so searched" in n for n in named.notes)
+    off = _space(raw, registry, rungs=None)
+    assert not off.scheduled and "epochs" in off.stages[next(iter(off.stages))]["logit_kd"]
+    with pytest.raises(UserError, match=r"^search_space.warm_start\[0\].distill.logit_kd.epochs: set by the fidelity"):
+        _space({**raw, "warm_start": [{"distill": {"logit_kd": {"epochs": 3}}}]}, registry, rungs=[1.0, 3.0])
+
+
+def test_a_trained_base_gets_the_plugins_learning_rates_for_one(registry):
+    raw = {"distill": {"logit_kd": {}}}
+    lr = lambda space: list(space.stages.values())[0]["logit_kd"]["lr"]["choices"]  # noqa: E731
+    assert lr(_space(raw, registry)) == [1e-4, 3e-4, 1e-3, 3e-3]
+    trained = _space(raw, registry, pretrained=True)
+    assert lr(trained) == [1e-4, 3e-4, 1e-3] and any("the base is trained" in n for n in trained.notes)
+    named = _space({"distill": {"logit_kd": {"lr": [3e-3]}}}, registry, pretrained=True)
+    assert lr(named) == [3e-3] and not any("the base is trained" in n for n in named.notes)  # the user's range wins
+
+
+def test_pruning_is_not_proposed_without_recovery_when_the_space_offers_one(registry):
+    raw = {"prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.2, "high": 0.6, "step": 0.2}}},
+           "distill": {"none": {}, "logit_kd": {}}, "quantize": {"none": {}}}
+    space = _space(raw, registry, rungs=[1.0])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        c = space.suggest(trial, registry)
+        seen.add((c["prune"][0], c["distill"][0]))
+        study.tell(trial, 0.0)
+    assert seen == {("none", "none"), ("none", "logit_kd"), ("channel_prune", "logit_kd")}
+    with pytest.raises(UserError, match=r"recovery fine-tune"):
+        _space({**raw, "warm_start": [{"prune": "channel_prune"}]}, registry)
+    only = _space({**raw, "distill": {"none": {}}}, registry)  # the space asks for pruning alone: it gets it
+    study = optuna.create_study()
+    study.enqueue_trial({"prune": "channel_prune"})
+    assert only.suggest(study.ask(), registry)["distill"][0] == "none"
+
+
+def _record(number, accuracy, size_mb, ratio, index=0, promoted_from=None):
+    return TrialRecord.measured(number=number, choices={}, started=time.time(), host=None, structure_only=False, parts={
+        "metrics": {"accuracy": accuracy, "latency_ms": ratio, "size_bytes": int(size_mb * 1e6), "size_mb": size_mb,
+                    "params": 1, "precision": "fp32", "runtime": "onnxruntime", "latency_vs_base": ratio},
+        "latency_vs_base": ratio, "rung": {"index": index, "epochs": [1.0, 3.0, 9.0][index],
+                                           "promoted_from": promoted_from}})
+
+
+def test_promotion_compares_a_trial_only_with_peers_at_least_as_compressed(tmp_path):
+    config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
+                                                  "max_accuracy_drop": 1.0}, "search": {"rungs": [1, 3, 9], "eta": 3}})
+    search = Search(config=config, run_dir=tmp_path)
+    search.base = _record(-1, 80.0, 40.0, 1.0)
+    # three light, accurate trials; one heavily pruned trial, less accurate; one over the size budget
+    search.records = {r.number: r for r in [
+        _record(0, 78.0, 4.0, 0.6), _record(1, 77.0, 4.5, 0.62), _record(2, 76.0, 4.8, 0.7),
+        _record(3, 60.0, 1.0, 0.2), _record(4, 79.0, 9.0, 0.8)]}
+    first, rung = search._promotable()
+    assert (first.number, rung) == (0, 1)  # the most accurate of three peers within the budget
+    search._promoted.add(0)
+    second, _ = search._promotable()
+    # trial 3, at 60 %, has no peer as compressed as it: the best of its kind, it moves up; trial 1 (77 %) has
+    # peers {0, 1, 3} at least as compressed, 0 ahead of it: not in the top third; trial 2 has 0 and 1 ahead of 4
+    assert second.number == 3
+    search._promoted.add(3)
+    assert search._promotable() is None  # and 4, the most accurate, breaks the size budget
+    # a finished promotion takes its parent's place on the front
+    search.records[5] = _record(5, 79.5, 4.0, 0.6, index=1, promoted_from=0)
+    assert search._superseded() == {0}
+
+
+@pytest.fixture
+def rung_config(tmp_path, tiny_config_dict):
+    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}}, "quantize": {"none": {}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "search": {**tiny_config_dict["search"], "trials": 2, "rungs": [1, 2], "eta": 2}}
+    return load_config(write_yaml(tmp_path / "run.yaml", cfg))
+
+
+def test_a_promoted_trial_continues_its_fine_tune_from_the_rung_below(tmp_path, rung_config):
+    run = tmp_path / "out"
+    Search(config=rung_config, run_dir=run).search()
+    first, promoted = read_trials(run)
+    assert first.state == promoted.state == "complete"
+    assert first.rung.model_dump() == {"index": 0, "epochs": 1.0, "promoted_from": None, "continued": False}
+    assert promoted.rung.model_dump() == {"index": 1, "epochs": 2.0, "promoted_from": 0, "continued": True}
+    assert first.choices["distill"] == ["logit_kd", {"lr": 0.003, "epochs": 1.0}] or \
+        first.choices["distill"][1]["epochs"] == 1.0
+    assert promoted.choices["distill"][1]["epochs"] == 2.0
+    assert [p[0] for p in promoted.curve] == [1, 2]  # its epochs, counted from the start of training
+    assert any("promoted trial 0" in line for line in (run / "run.log").read_text().splitlines())
+
+
+def test_without_warm_starts_the_least_compressing_structure_that_meets_the_budget_goes_first(tmp_path,
+                                                                                              tiny_config_dict):
+    space = {"prune": {"none": {}, "channel_prune": {"ratio": {"low": 0.2, "high": 0.6, "step": 0.1}}},
+             "distill": {"none": {}, "logit_kd": {}}, "quantize": {"none": {}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space))}
+    config = load_config(write_yaml(tmp_path / "run.yaml", cfg))
+    search = Search(config=config, run_dir=tmp_path / "out")
+    search.validate()
+    search.prepare()
+
+    def size(ratio):
+        probe = search.executor.run(search._spec(-2, {"prune": ("channel_prune", {"ratio": ratio}),
+                                                      "distill": ("none", {}), "quantize": ("none", {})},
+                                                 structure_only=True, keep_artefact=False))
+        return probe.metrics.size_mb
+
+    sizes = {r: size(r) for r in (0.2, 0.3, 0.4, 0.5, 0.6)}
+    assert sizes[0.2] > sizes[0.6]
+    cap = (sizes[0.3] + sizes[0.4]) / 2 if sizes[0.3] > sizes[0.4] else (sizes[0.4] + sizes[0.5]) / 2
+    search.config.budget.max_size_mb = cap
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    search._first_structures(study)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+    first = search.space.suggest(study.ask(), search.registry)
+    ratio = first["prune"][1]["ratio"]
+    assert sizes[ratio] <= cap and sizes[round(ratio - 0.1, 10)] > cap  # the least pruning that fits
+    assert first["distill"][0] == "logit_kd"  # with its recovery fine-tune
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "first structures: channel_prune" in log and "is fine-tuned first" in log
+
+    search.space.warm_start = [{"quantize": "none"}]  # a space with warm starts starts from those instead
+    other = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    search._first_structures(other)
+    assert other.trials == []
