@@ -42,8 +42,9 @@ smoke run; ``--out DIR`` (every command) moves the results from ``benchmarks/res
 
 Figures compare within one machine (each names its run folder and machine). Latency ratios in the
 report are to the faster fp32 base: the hand rows' base is timed in the same interleaved run; a
-search trial's ``latency_vs_base`` is to the base on the trial's own runtime timed beside it, which
-the report rescales by the two bases' latencies in the run's ``base.json`` (both columns are shown).
+search trial's ``latency_vs_base`` is to the run's reference base (the fastest runtime's) timed beside
+it (``record.base_runtime``); records written before that are to the base on the trial's own runtime,
+which the report rescales by the two bases' latencies in the run's ``base.json``.
 """
 
 from __future__ import annotations
@@ -431,6 +432,8 @@ def load_arm(folder: Path) -> dict[str, Any] | None:
         ratio = r.get("latency_vs_base")
         if ratio is None:
             return None
+        if r.get("base_runtime"):  # timed beside the run's reference base already (autocompress after d32a52e)
+            return ratio
         runtime = (r.get("metrics") or {}).get("runtime") or bm["runtime"]
         return ratio * by_rt.get(runtime, bm["latency_ms"]) / bm["latency_ms"]
 
@@ -534,10 +537,11 @@ def report(args: argparse.Namespace) -> int:
                 f"{m['latency_ms']:.3f} | {ratio if ratio is not None else float('nan'):.3f}x | {m['size_mb']:.2f} | "
                 f"{m['size_mb'] / bm['size_mb']:.3f}x | {'parity with hand; ' if r.get('_t') is not None and times[a['name']]['parity_fn'](r) else ''}"
                 f"val {m.get('accuracy') or float('nan'):.2f} %, {row.get('latency_vs_base') or float('nan'):.3f}x "
-                f"its own runtime's base timed beside it, at {_hms(r.get('_t'))} |")
+                f"the base timed beside it ({r.get('base_runtime') or 'its own runtime'}), at {_hms(r.get('_t'))} |")
     lines += ["", ("Latency vs base: hand rows, ratio to the faster fp32 base in the same interleaved run; front rows, "
-                   "the trial's ratio to the base on its own runtime timed beside it (`latency_vs_base`, in the note), "
-                   "rescaled to the run's faster base by the two bases' latencies in its `base.json`."), ""]
+                   "the trial's ratio to the base timed beside it (`latency_vs_base`, in the note): the run's reference "
+                   "(fastest) base; records from before that was so are rescaled by the two bases' latencies in "
+                   "`base.json`."), ""]
 
     lines += ["## Times (h:mm:ss from the run's start)", "",
               ("| arm | run folder | machine | wall | records: measured / stopped early / failed / interrupted | feasible | "

@@ -59,3 +59,13 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
 
 def test_every_field_is_optional():
     assert RunConfig().model_dump()
+
+
+def test_a_checkpoint_or_pretrained_weights_are_compressed_as_they_are_unless_epochs_are_given(tmp_path):
+    from autocompress.config import ModelConfig
+
+    assert ModelConfig().base_epochs() == 6  # random weights: the demo trains its base
+    assert ModelConfig(checkpoint=tmp_path / "w.safetensors").base_epochs() == 0
+    assert ModelConfig(pretrained=True).base_epochs() == 0
+    assert ModelConfig(checkpoint=tmp_path / "w.safetensors", train_epochs=2).base_epochs() == 2
+    assert ModelConfig(train_epochs=0).base_epochs() == 0

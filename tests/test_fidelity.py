@@ -215,3 +215,17 @@ def test_without_warm_starts_the_least_compressing_structure_that_meets_the_budg
     other = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     search._first_structures(other)
     assert other.trials == []
+
+
+def test_a_promoted_fine_tune_stopped_after_training_still_records_that_it_continued(tmp_path, tiny_config_dict):
+    # 60 % pruned and barely trained (lr 1e-6): far under the base, so the top rung stops after training
+    space = {"prune": {"channel_prune": {"ratio": 0.6}}, "distill": {"logit_kd": {"lr": 1e-6}}, "quantize": {"none": {}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "budget": {**tiny_config_dict["budget"], "max_accuracy_drop": 0.0},
+           "search": {**tiny_config_dict["search"], "trials": 2, "rungs": [1, 2], "eta": 2, "early_stop": "budget"}}
+    run = tmp_path / "out"
+    Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=run).search()
+    first, promoted = read_trials(run)
+    assert first.state == "complete"  # below the top rung: measured, never stopped on its curve
+    assert promoted.state == "pruned" and promoted.stopped.after_training
+    assert promoted.rung.promoted_from == 0 and promoted.rung.continued

@@ -380,9 +380,11 @@ class _Trial:
             scheduled = self.ladder is not None and (step[0].value, step[1]) == (self.ladder["stage"],
                                                                                  self.ladder["plugin"])
             ctx.rung = self.rung if scheduled else None
-            model = _apply([step], model, ctx, self.durations, timer=self.timer)
-            if scheduled and self.fit_rung is not None:
-                self.out["rung"]["continued"] = self.fit_rung.continued
+            try:
+                model = _apply([step], model, ctx, self.durations, timer=self.timer)
+            finally:  # a fine-tune stopped after training continued too
+                if scheduled and self.fit_rung is not None:
+                    self.out["rung"]["continued"] = self.fit_rung.continued
         return model
 
     # -- the steps ---------------------------------------------------------------------------
