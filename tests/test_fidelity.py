@@ -192,10 +192,8 @@ def test_without_warm_starts_the_least_compressing_structure_that_meets_the_budg
     search.prepare()
 
     def size(ratio):
-        probe = search.executor.run(search._spec(-2, {"prune": ("channel_prune", {"ratio": ratio}),
-                                                      "distill": ("none", {}), "quantize": ("none", {})},
-                                                 structure_only=True, keep_artefact=False))
-        return probe.metrics.size_mb
+        return search._probe({"prune": ("channel_prune", {"ratio": ratio}), "distill": ("none", {}),
+                              "quantize": ("none", {})}).metrics.size_mb
 
     sizes = {r: size(r) for r in (0.2, 0.3, 0.4, 0.5, 0.6)}
     assert sizes[0.2] > sizes[0.6]

@@ -71,11 +71,16 @@ class ModelConfig(_Strict):
     train_lr: float = Field(default=3e-3, gt=0, le=10)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def starts_trained(self) -> bool:
+        """Whether the base comes with trained weights (a checkpoint, or timm's pretrained ones)."""
+        return self.checkpoint is not None or self.pretrained
+
     def base_epochs(self) -> int:
         """Epochs the base is trained in-process: ``train_epochs``, or its default (see above)."""
         if self.train_epochs is not None:
             return self.train_epochs
-        return 0 if self.checkpoint is not None or self.pretrained else 6
+        return 0 if self.starts_trained else 6
 
 
 class DataConfig(_Strict):

@@ -118,10 +118,8 @@ class Search:
     def validate(self) -> None:
         """Loads plugins and the search space; every user error surfaces here, before any work."""
         self.registry = discover(self.config.plugins_dir)
-        model = self.config.model
         self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtimes,
-                                       rungs=self.config.search.rungs,
-                                       pretrained=model.checkpoint is not None or model.pretrained)
+                                       rungs=self.config.search.rungs, pretrained=self.config.model.starts_trained)
         import timm
 
         if not timm.is_model(self.config.model.name):
@@ -340,10 +338,15 @@ class Search:
             Its record (structure only, no artefact kept) and the configuration in words.
         """
         strongest = self.space.strongest(self.registry, runtime)
-        probe = self.executor.run(self._spec(-2, strongest, structure_only=True, keep_artefact=False))
-        shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+        probe = self._probe(strongest)
         desc = ", ".join(f"{s}={n}" for s, (n, _) in strongest.items() if n != NONE and s != "runtime") or "no compression"
         return probe, desc
+
+    def _probe(self, choices: dict) -> TrialRecord:
+        """Builds and measures a configuration's structure, untrained (trial -2; no artefact kept)."""
+        probe = self.executor.run(self._spec(-2, choices, structure_only=True, keep_artefact=False))
+        shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+        return probe
 
     def _study(self) -> optuna.Study:
         storage = make_storage(self.config.search.storage, self.run.path)
@@ -626,8 +629,7 @@ class Search:
                        "quantize": (quantizer, quant_params)}
             if runtime and len(self.space.runtimes) > 1:
                 choices["runtime"] = (runtime, {})
-            probe = self.executor.run(self._spec(-2, choices, structure_only=True, keep_artefact=False))
-            shutil.rmtree(trial_dir(self.run.path, -2), ignore_errors=True)
+            probe = self._probe(choices)
             if probe.state != "complete":
                 return False
             m = probe.metrics.to_json()
@@ -801,8 +803,9 @@ class Search:
             study.tell(trial, state=_optuna_state(record))
 
     def _write_pareto(self) -> dict:
+        superseded = self._superseded()
         feasible = [r for r in self.records.values() if r.state == "complete" and r.feasible
-                    and r.number not in self._superseded()]
+                    and r.number not in superseded]
         best = front(feasible, self.objectives)
         on_front = {r.number for r in best}
         base = self.base.metrics.to_json() if self.base else None
@@ -837,10 +840,11 @@ class Search:
 def _as_compressed(peer: TrialRecord, trial: TrialRecord, margin: float) -> bool:
     """Whether ``peer`` is at least as compressed as ``trial``: no larger, and no slower beyond ``margin``
     (latency as the ratio to the base timed beside each where both have one)."""
-    a, b = peer.metrics, trial.metrics
-    pa = peer.latency_vs_base if peer.latency_vs_base is not None and trial.latency_vs_base is not None else a.latency_ms
-    pb = trial.latency_vs_base if peer.latency_vs_base is not None and trial.latency_vs_base is not None else b.latency_ms
-    return a.size_mb <= b.size_mb and pa <= pb * (1 + margin)
+    if peer.latency_vs_base is not None and trial.latency_vs_base is not None:
+        mine, theirs = trial.latency_vs_base, peer.latency_vs_base
+    else:
+        mine, theirs = trial.metrics.latency_ms, peer.metrics.latency_ms
+    return peer.metrics.size_mb <= trial.metrics.size_mb and theirs <= mine * (1 + margin)
 
 
 def _reopen(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:

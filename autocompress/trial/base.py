@@ -21,7 +21,7 @@ from autocompress.store import atomic_write, sha256_file, verify_files
 
 def base_key(config: RunConfig) -> str:
     """Hash of what determines the base weights (model, data, seed)."""
-    device = _train_device(config)
+    device = train_device(config)
     blob = json.dumps([config.model.model_dump(mode="json"), config.data.model_dump(mode="json"),
                        config.search.seed, *([device] if device != "cpu" and config.model.base_epochs() else [])],
                       sort_keys=True)
@@ -31,11 +31,11 @@ def base_key(config: RunConfig) -> str:
 WEIGHTS = "weights.safetensors"
 
 
-def _train_device(config: RunConfig) -> str:
-    """Where the base trains: ``train.device`` (``auto``: CUDA when this process sees it)."""
-    if config.train.device == "cuda" or (config.train.device == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
+def train_device(config: RunConfig, cuda: bool | None = None) -> str:
+    """Where training runs (the base's and the trials'): ``train.device``, ``auto`` = CUDA when this
+    process sees it (``cuda``: whether it does; ``None`` = ask torch)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return "cuda" if config.train.device == "cuda" or (config.train.device == "auto" and cuda) else "cpu"
 
 
 def prepare_base(config: RunConfig, run_dir: Path, log: Callable[[str], None] = print) -> Path:
@@ -66,7 +66,7 @@ def prepare_base(config: RunConfig, run_dir: Path, log: Callable[[str], None] = 
     epochs = config.model.base_epochs()
     if epochs > 0:
         t0 = time.time()
-        device = _train_device(config)
+        device = train_device(config)
         log(f"base: training {config.model.name} for {epochs} epochs on {len(data.train)} images ({device})")
         fit(model, data, epochs=epochs, lr=config.model.train_lr, seed=config.search.seed,
             batch_size=config.data.batch_size, device=device,

@@ -50,7 +50,7 @@ from autocompress.plugin import (
 )
 from autocompress.store import TRIAL_MODULE as MODULE_STEM
 from autocompress.store import Memo, NotRebuildable, content_key, file_hashes, link_or_copy, module_files, save_module
-from autocompress.trial.base import load_base_weights
+from autocompress.trial.base import load_base_weights, train_device
 from autocompress.trial.early_stop import StopRule, StopTrial
 from autocompress.trial.memo import ArtefactCache, ModelCache, ProbeMemo
 from autocompress.trial.record import TrialRecord
@@ -142,8 +142,7 @@ def resolve_devices(config: RunConfig, *, cuda: bool | None = None) -> tuple[tor
         raise RuntimeError("device.type is cuda but this worker sees no CUDA device")
     if config.train.device == "cuda" and not cuda:
         raise RuntimeError("train.device is cuda but this worker sees no CUDA device")
-    train = "cuda" if config.train.device == "cuda" or (config.train.device == "auto" and cuda) else "cpu"
-    return torch.device(train), torch.device(config.device.type)
+    return torch.device(train_device(config, cuda)), torch.device(config.device.type)
 
 
 @functools.lru_cache(maxsize=4)
