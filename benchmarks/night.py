@@ -20,8 +20,9 @@ Each part is its own command, to run as a background job with nothing CPU-heavy 
         Writes OUT/NAME/config.yaml and OUT/NAME/space.yaml and runs ``autocompress search`` on
         them (run folder OUT/NAME/run, ``search.timeout`` = the hours, 10,000 trials so time is the
         limit, warm start on but a space without warm starts). Search arm: the fidelity scheduler
-        (``search.rungs: [1, 3, 9]``, emitted only when the schema has the key). ``--control``:
-        ``search.rungs: null`` and logit_kd's epochs searched (1..6); ``search.first_structures`` stays
+        (``search.rungs: [1, 3, 9]``, emitted only when the schema has the key) and lineage (the
+        default). ``--control``: ``search.rungs: null``, ``search.lineage: false`` and logit_kd's epochs
+        searched (1..6); ``search.first_structures`` stays
         at its default unless ``--no-first-structures``. Writes OUT/NAME/arm.json
         (start, end, wall seconds, command, exit status) and OUT/NAME/search.log.
         The hours plus ~5 min (data, the base on two runtimes, the budget check).
@@ -87,7 +88,8 @@ def run_config(*, max_samples: int | None, hours: float | None = None, control: 
     Args:
         max_samples: ``data.max_samples`` (``None`` = every image).
         hours: ``search.timeout`` in hours (``None``: no search section beyond the defaults).
-        control: The control arm: ``search.rungs: null`` (the fidelity scheduler off).
+        control: The control arm: ``search.rungs: null`` (the fidelity scheduler off) and ``search.lineage:
+            false``.
         space: The search-space file.
         first_structures: ``search.first_structures`` (written only when the schema has it).
 
@@ -102,6 +104,8 @@ def run_config(*, max_samples: int | None, hours: float | None = None, control: 
         search["timeout"] = float(hours) * 3600.0
     if "rungs" in fields:
         search["rungs"] = None if control else [1, 3, 9]
+    if "lineage" in fields and control:
+        search["lineage"] = False
     if "first_structures" in fields and not first_structures:
         search["first_structures"] = False
     config: dict[str, Any] = {
@@ -568,6 +572,7 @@ def report(args: argparse.Namespace) -> int:
                    "run's base. Best: the most accurate (validation) feasible record at least as small and fast as "
                    "hand, else the most accurate feasible one."), ""]
 
+    lines += lineage_rows(arms)
     notes = _data_notes(hand_data, arms)
     lines += ["## Target", ""] + target(arms, times, hand_row) + ([""] + notes if notes else [])
     text = "\n".join(lines) + "\n"
@@ -576,6 +581,58 @@ def report(args: argparse.Namespace) -> int:
     md_path.write_text(text)
     print(f"wrote {md_path}")
     return 0
+
+
+def _structure(r: dict) -> tuple:
+    name, params = (r["choices"].get("prune") or ["none", {}])[:2]
+    return name, tuple(sorted((k, v) for k, v in params.items()))
+
+
+def _epochs(r: dict) -> float | None:
+    name, params = (r["choices"].get("distill") or ["none", {}])[:2]
+    return params.get("epochs") if name != "none" else None
+
+
+def lineage_rows(arms: list[dict]) -> list[str]:
+    """When lineage pays: each trial that started from a parent's fine-tuned model beside the best trial of
+    the same pruning and fine-tune length that started from the base (either arm), validation top-1."""
+    children = [(a, r) for a in arms for r in a["records"] if (r.get("lineage") or {}).get("used")
+                and r.get("state") in ("complete", "pruned")]
+    if not children:
+        return []
+    direct: dict[tuple, list] = {}
+    for a in arms:
+        for r in a["records"]:
+            if r.get("state") == "complete" and not (r.get("lineage") or {}).get("used") and r.get("metrics") \
+                    and r["metrics"].get("accuracy") is not None and not r.get("stopped"):
+                direct.setdefault((_structure(r), _epochs(r)), []).append((a["name"], r))
+    lines = ["## Lineage: a trial started from a less pruned trial's fine-tuned model", "",
+             "| arm | trial | from trial | parent: pruning, epochs, val % | trial: pruning, epochs, val % | "
+             "best from the base, same pruning and epochs (arm: trial, val %) | difference pp |",
+             "|---|---|---|---|---|---|---:|"]
+    for a, r in sorted(children, key=lambda ar: ar[1]["number"]):
+        parent = next((p for p in a["records"] if p["number"] == r["lineage"]["parent"]), None)
+        mine = (r.get("metrics") or {}).get("accuracy")
+        if mine is None:
+            mine = r.get("whole_val_after_training")
+        peers = direct.get((_structure(r), _epochs(r)), [])
+        best = max(peers, key=lambda ar: ar[1]["metrics"]["accuracy"], default=None)
+
+        def desc(x: dict | None, acc: float | None) -> str:
+            if x is None:
+                return "?"
+            ratio = dict(_structure(x)[1]).get("ratio")
+            return f"{ratio:g}, {_epochs(x):g}, {acc if acc is not None else float('nan'):.2f}"
+
+        lines.append(
+            f"| {a['name']} | {r['number']} | {r['lineage']['parent']} | "
+            f"{desc(parent, (parent.get('metrics') or {}).get('accuracy') if parent else None)} | {desc(r, mine)}"
+            f"{' (stopped)' if r.get('stopped') else ''} | "
+            + (f"{best[0]}: {best[1]['number']}, {best[1]['metrics']['accuracy']:.2f}" if best else "none ran") + " | "
+            + (f"{mine - best[1]['metrics']['accuracy']:+.2f}" if best and mine is not None else "n/a") + " |")
+    lines += ["", ("Validation top-1 (what the search judges; the test half stays held out). A positive difference: "
+                   "starting from the parent's model paid at that length."), ""]
+    return lines
 
 
 def _data_notes(hand_data: dict | None, arms: list[dict]) -> list[str]:

@@ -3,6 +3,7 @@ model is physically smaller and faster on dense kernels."""
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Literal
@@ -73,6 +74,7 @@ class ChannelPrune(Plugin):
         "importance": ["l2", "l1"],
     }
     probe_ignores = frozenset({"finetune_epochs"})
+    lineage = "ratio"  # prunes further a fine-tuned model it pruned less (ctx.original: the base)
     stronger = {"ratio": "high", "importance": "any", "global_pruning": "any", "round_to": "low",
                 "iterative_steps": "any", "finetune_epochs": "any", "max_layer_ratio": "high", "attention": "any"}
 
@@ -95,21 +97,10 @@ class ChannelPrune(Plugin):
         if cfg.ratio == 0:
             return model
         model.eval().cpu()
-        example = ctx.example_input[:1].cpu()
+        if ctx.original is not None and cfg.iterative_steps == 1:
+            return self._prune_further(model, ctx)
         attentions = fused_attentions(model)
-        heads = cfg.attention == "heads"
-        with warnings.catch_warnings():
-            # Unwrapped parameters (ViT cls_token/pos_embed, ConvNeXt gamma) have the channel
-            # dimension last, which is what torch-pruning assumes and warns about.
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            pruner = tp.pruner.MetaPruner(
-                model, example, importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
-                global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps,
-                max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
-                ignored_layers=classifier_layers(model),
-                num_heads={a.qkv: a.num_heads for a in attentions},
-                prune_num_heads=heads, prune_head_dims=not heads, head_pruning_ratio=cfg.ratio if heads else 0.0,
-            )
+        pruner = self._pruner(model, ctx, attentions)
         tunes = cfg.iterative_steps - 1 if cfg.finetune_epochs and not ctx.structure_only else 0
         per_tune = math.ceil(cfg.finetune_epochs)  # epochs each fine-tune reports
         report = ctx.epoch_reporter(tunes * per_tune) if tunes else None
@@ -123,6 +114,47 @@ class ChannelPrune(Plugin):
                 fit(model, ctx, epochs=cfg.finetune_epochs, lr=1e-3, seed=ctx.seed + step,
                     on_epoch=lambda epoch, net, done=step * per_tune: report(done + epoch, net))
                 model.cpu()
+        return model.eval()
+
+    def _pruner(self, model: torch.nn.Module, ctx: TrialContext, attentions: list) -> tp.pruner.MetaPruner:
+        cfg, heads = self.config, self.config.attention == "heads"
+        with warnings.catch_warnings():
+            # Unwrapped parameters (ViT cls_token/pos_embed, ConvNeXt gamma) have the channel
+            # dimension last, which is what torch-pruning assumes and warns about.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.pruner.MetaPruner(
+                model, ctx.example_input[:1].cpu(), importance=_importance(cfg.importance), pruning_ratio=cfg.ratio,
+                global_pruning=cfg.global_pruning, iterative_steps=cfg.iterative_steps,
+                max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
+                ignored_layers=classifier_layers(model),
+                num_heads={a.qkv: a.num_heads for a in attentions},
+                prune_num_heads=heads, prune_head_dims=not heads, head_pruning_ratio=cfg.ratio if heads else 0.0,
+            )
+
+    def _prune_further(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
+        """Lineage: ``model`` is a fine-tuned descendant of ``ctx.original`` pruned less; it keeps its most
+        important channels down to the counts that pruning the original directly gives.
+
+        torch-pruning counts a layer's target from the channels it had when its pruner was made; the
+        pruner of the descendant is told the original's counts (by module name), so both round alike.
+        """
+        original = copy.deepcopy(ctx.original).eval().cpu()
+        direct = self._pruner(original, ctx, fused_attentions(original))
+        direct.step()  # fills in the original's counts per ranking scope
+        names = {m: n for n, m in original.named_modules()}  # torch-pruning's own shape ops have none
+        out_ch = {names.get(m): c for m, c in direct.layer_init_out_ch.items()}
+        in_ch = {names.get(m): c for m, c in direct.layer_init_in_ch.items()}
+        attentions = fused_attentions(model)
+        pruner = self._pruner(model, ctx, attentions)
+        own = {m: n for n, m in model.named_modules()}
+        pruner.layer_init_out_ch = {m: out_ch.get(own.get(m), c) for m, c in pruner.layer_init_out_ch.items()}
+        pruner.layer_init_in_ch = {m: in_ch.get(own.get(m), c) for m, c in pruner.layer_init_in_ch.items()}
+        pruner._scope_initial_channels.update(direct._scope_initial_channels)
+        if self.config.importance == "taylor":
+            _accumulate_gradients(model, ctx)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        resize_attentions(attentions, pruner.num_heads)
         return model.eval()
 
 

@@ -17,7 +17,7 @@ from autocompress.data import load_data
 from autocompress.errors import UserError
 from autocompress.models import Rung, fit
 from autocompress.models import _WarmupStableDecay as WSD
-from autocompress.plugin import discover
+from autocompress.plugin import Stage, discover
 from autocompress.search.controller import Search
 from autocompress.search.space import parse_search_space
 from autocompress.trial import TrialRecord, read_trials
@@ -121,7 +121,12 @@ def test_pruning_is_not_proposed_without_recovery_when_the_space_offers_one(regi
         study.tell(trial, 0.0)
     assert seen == {("none", "none"), ("none", "logit_kd"), ("channel_prune", "logit_kd")}
     with pytest.raises(UserError, match=r"recovery fine-tune"):
-        _space({**raw, "warm_start": [{"prune": "channel_prune"}]}, registry)
+        _space({**raw, "warm_start": [{"prune": "channel_prune", "distill": "none"}]}, registry)
+    # a warm start that leaves the stage out gets its only choice, the recovery
+    warmed = _space({**raw, "warm_start": [{"prune": "channel_prune"}]}, registry)
+    study = optuna.create_study()
+    study.enqueue_trial(warmed.warm_start[0])
+    assert warmed.suggest(study.ask(), registry)["distill"][0] == "logit_kd"
     only = _space({**raw, "distill": {"none": {}}}, registry)  # the space asks for pruning alone: it gets it
     study = optuna.create_study()
     study.enqueue_trial({"prune": "channel_prune"})
@@ -205,7 +210,10 @@ def test_without_warm_starts_the_least_compressing_structure_that_meets_the_budg
     first = search.space.suggest(study.ask(), search.registry)
     ratio = first["prune"][1]["ratio"]
     assert sizes[ratio] <= cap and sizes[round(ratio - 0.1, 10)] > cap  # the least pruning that fits
-    assert first["distill"][0] == "logit_kd"  # with its recovery fine-tune
+    assert first["distill"][0] == "logit_kd"  # with its recovery fine-tune, at the middle of each searched range
+    lrs = search.space.stages[Stage.DISTILL]["logit_kd"]["lr"]
+    lrs = lrs["choices"] if isinstance(lrs, dict) else lrs
+    assert first["distill"][1]["lr"] == lrs[(len(lrs) - 1) // 2] and len(lrs) >= 3
     log = (tmp_path / "out" / "run.log").read_text()
     assert "first structures: channel_prune" in log and "is fine-tuned first" in log
 

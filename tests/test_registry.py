@@ -80,6 +80,7 @@ def test_unknown_plugin_lists_the_known_ones(tmp_path):
     (lambda s: s.replace("TRAIN = False", "runtimes = frozenset({'tensorrt'})"), "runtimes must be None or a non-empty"),
     (lambda s: s.replace("TRAIN = False", "fine_tunes = 'yes'"), "fine_tunes must be True or False"),
     (lambda s: s.replace("default=0.5, ge=0, le=1", "default=1.5, ge=0, le=1"), "Config default.*amount"),
+    (lambda s: s.replace("TRAIN = False", "lineage = 'ratio'"), "lineage must be None or a field of its Config"),
 ])
 def test_broken_plugins_are_rejected_when_they_register(tmp_path, mutation, expected):
     _write(tmp_path, "halve", mutation(GOOD.format(n="a")))

@@ -333,6 +333,11 @@ class SearchConfig(_Strict):
         first_structures: Without warm starts in the space, probe the pruning ratios first
             (untrained, seconds each) and fine-tune first the least compressing structures that
             meet the latency and size budget, one per quantizer.
+        lineage: A new trial whose pruning plugin can prune further (``channel_prune``) starts from the
+            fine-tuned model of a finished trial with the same pruning parameters but a lower ratio
+            (the highest such ratio, then the most accurate), pruned further to its own ratio, instead
+            of from the base; its record names the parent. Needs ``cache`` (the parent's model is
+            read from the model cache).
     """
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
@@ -357,6 +362,7 @@ class SearchConfig(_Strict):
     eta: float = Field(default=3.0, gt=1.0, le=100.0)
     decay: float = Field(default=0.2, gt=0.0, lt=1.0)
     first_structures: bool = True
+    lineage: bool = True
 
     @field_validator("rungs")
     @classmethod

@@ -92,6 +92,10 @@ class TrialContext:
             to (the search's fidelity ladder: its length, and the state it continues from), or is
             ``None``; set only for the step of a plugin whose :attr:`Plugin.fidelity` the
             scheduler owns. :func:`autocompress.plugin.helpers.fit` calls it.
+        original: The base model, when ``model`` is not the base but a fine-tuned descendant that
+            this plugin pruned less (the search's lineage, for a plugin with :attr:`Plugin.lineage`);
+            ``None`` otherwise. Ratios refer to it: the result must have the structure that pruning
+            ``original`` directly would give (the pipeline checks, and prunes the base on a mismatch).
     """
 
     data: DataBundle
@@ -111,6 +115,7 @@ class TrialContext:
     deadline: float | None = None
     fit_checkpoint: Callable[[], Any] | None = None
     rung: Callable[[], Any] | None = None
+    original: torch.nn.Module | None = None
 
     def calibration_size(self, count: int, *, probe: int = 1) -> int:
         """How much to calibrate on: ``count``, or at most ``probe`` in a structure probe.
@@ -200,6 +205,11 @@ class Plugin(abc.ABC):
         pretrained_search_space: Default ranges that replace those of :attr:`search_space` when
             the base model is already trained (a checkpoint or timm's pretrained weights), e.g.
             lower learning rates.
+        lineage: The ``Config`` field whose higher values prune further (``"ratio"``), when the
+            plugin can continue pruning a fine-tuned model it pruned less (``ctx.original`` is then
+            the base): the search may start a more compressed trial from a finished, less
+            compressed one with otherwise equal parameters (``search.lineage``). ``None`` = it
+            always prunes the base.
         stronger: For each searchable ``Config`` field, which values compress more (smaller or
             faster), read by :meth:`strongest`: ``"high"`` (a larger value: a pruning ratio),
             ``"low"`` (a smaller value: a bit width), ``"any"`` (latency and size do not depend
@@ -219,6 +229,7 @@ class Plugin(abc.ABC):
     stronger: ClassVar[dict[str, Any]] = {}
     fidelity: ClassVar[str | None] = None
     pretrained_search_space: ClassVar[dict[str, Any]] = {}
+    lineage: ClassVar[str | None] = None
 
     def __init__(self, *, config: PluginConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

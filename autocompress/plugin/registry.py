@@ -105,6 +105,10 @@ def contract_problem(cls: type) -> str | None:
     unknown = set(getattr(cls, "probe_ignores", ())) - set(config.model_fields)
     if unknown:
         return f"{name}: probe_ignores names fields its Config lacks: {', '.join(sorted(unknown))}"
+    for attr in ("fidelity", "lineage"):
+        value = getattr(cls, attr, None)
+        if value is not None and value not in config.model_fields:
+            return f"{name}: {attr} must be None or a field of its Config (got {value!r})"
     stronger = getattr(cls, "stronger", None)
     if not isinstance(stronger, dict):
         return f"{name}: stronger must be a mapping of Config fields to 'high', 'low', 'any' or a list of values"

@@ -417,20 +417,21 @@ class Search:
                 study.tell(t.number, objective_values(record, self.objectives))
             else:
                 if record.get("interrupted"):
-                    self._requeue(study, t.params, t.user_attrs.get("promote"))
+                    self._requeue(study, t.params, _carried(t.user_attrs))
                 study.tell(t.number, state=_optuna_state(record))
             self.log(f"trial {t.number}: had finished when the last process stopped; recorded, not re-run")
 
-    def _requeue(self, study: optuna.Study, params: dict, promote: dict | None = None) -> None:
+    def _requeue(self, study: optuna.Study, params: dict, carried: dict | None = None) -> None:
         """Enqueues ``params`` unless the same re-queue is already waiting (safe to repeat).
 
         A re-queued trial carries its params in the user attr ``requeued``: a waiting trial's
-        enqueued params are not public in Optuna.
+        enqueued params are not public in Optuna; ``carried`` (its promotion and lineage) goes with it.
         """
+        carried = carried or {}
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            if t.user_attrs.get("requeued") == params and t.user_attrs.get("promote") == promote:
+            if t.user_attrs.get("requeued") == params and _carried(t.user_attrs) == carried:
                 return
-        study.enqueue_trial(params, user_attrs={"requeued": params, **({"promote": promote} if promote else {})})
+        study.enqueue_trial(params, user_attrs={"requeued": params, **carried})
 
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial, choices: dict, reason: str,
                    started: float | None, record: TrialRecord | None = None) -> None:
@@ -445,7 +446,7 @@ class Search:
         trial.set_user_attr("record", record.to_json())
         self.records[trial.number] = record
         self.run.append_trial(record)
-        self._requeue(study, trial.params, trial.user_attrs.get("promote"))
+        self._requeue(study, trial.params, _carried(trial.user_attrs))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _abandon(self, study: optuna.Study, pending: dict, started: dict, reason: str) -> None:
@@ -554,10 +555,41 @@ class Search:
         if frozen is None:
             return
         self._promoted.add(record.number)
-        study.enqueue_trial(dict(frozen.params), user_attrs={"promote": {"from": record.number, "rung": rung}})
+        study.enqueue_trial(dict(frozen.params), user_attrs={"promote": {"from": record.number, "rung": rung},
+                                                             "lineage": frozen.user_attrs.get("lineage")
+                                                             if record.lineage and record.lineage.used else None})
         self.log(f"promoted trial {record.number} ({record.metrics.accuracy:.2f}% at "
                  f"{self.config.search.rungs[rung - 1]:g} epochs) to {self.config.search.rungs[rung]:g} epochs, "
                  "continuing its fine-tune")
+
+    # -- lineage (search.lineage) ----------------------------------------------------------
+
+    def _parent(self, choices: dict) -> dict | None:
+        """The finished trial whose fine-tuned model a new trial prunes further, or ``None``.
+
+        A parent used the same pruning plugin (one with :attr:`~autocompress.plugin.Plugin.lineage`) with
+        the same parameters but a lower value of its lineage field (the ratio), and its fine-tuned model
+        is in the model cache. The closest one (the highest ratio) is taken; among those, the most accurate.
+        """
+        search = self.config.search
+        name, params = choices.get(Stage.PRUNE.value, (NONE, {}))
+        if not (search.lineage and search.cache) or name == NONE or not self.registry.get(name).lineage:
+            return None
+        knob = self.registry.get(name).lineage
+        value = params.get(knob, self.registry.get(name).Config().model_dump()[knob])
+        best = None
+        for r in self.records.values():
+            if r.state != "complete" or r.stopped is not None or r.cache is None or r.cache.kind != "model" \
+                    or not (r.cache.stored or r.cache.hit) or r.metrics is None or r.metrics.accuracy is None:
+                continue
+            their_name, theirs = r.choices.get(Stage.PRUNE.value, (NONE, {}))
+            if their_name != name or {k: v for k, v in theirs.items() if k != knob} != \
+                    {k: v for k, v in params.items() if k != knob} or not theirs.get(knob, value) < value:
+                continue
+            rank = (theirs[knob], r.metrics.accuracy)
+            if best is None or rank > best[0]:
+                best = (rank, r)
+        return None if best is None else {"parent": best[1].number, "key": best[1].cache.key}
 
     # -- start where the budget is ---------------------------------------------------------
 
@@ -583,8 +615,14 @@ class Search:
                     if value is not None:
                         found.append((grid.index(value), runtime, prune, {**fixed, param: value}, quantizer))
         added = 0
+        scheduled = self.space.scheduled.get(Stage.DISTILL, {}).get(distill) if distill else None
+        # the middle of each searched range: a random start-up draw at its edge (seen: the lowest learning
+        # rate) would judge the structure by a poor recipe
+        recipe = {k: _middle(v) for k, v in (self.space.stages[Stage.DISTILL][distill] if distill else {}).items()
+                  if k != scheduled and isinstance(v, (list, dict))}
         for _, runtime, prune, params, quantizer in sorted(found, key=lambda f: f[0]):
-            item = {"prune": {prune: params}, "quantize": quantizer, **({"distill": distill} if distill else {}),
+            item = {"prune": {prune: params}, "quantize": quantizer,
+                    **({"distill": {distill: recipe}} if distill else {}),
                     **({"runtime": runtime} if runtime and len(self.space.runtimes) > 1 else {})}
             try:
                 study.enqueue_trial(_warm_params(0, item, self.space), skip_if_exists=True)
@@ -592,7 +630,7 @@ class Search:
                 self.log(f"first structures: {prune} {params} + {quantizer} not enqueued: {err}")
                 continue
             added += 1
-            self.log(f"first structures: {prune} {params}" + (f" + {distill}" if distill else "")
+            self.log(f"first structures: {prune} {params}" + (f" + {distill} {recipe}" if distill else "")
                      + f" + {quantizer}" + (f" on {runtime}" if runtime else "") + " (the least compressing that "
                      "meets the latency and size budget) is fine-tuned first")
             if added >= most:
@@ -723,6 +761,8 @@ class Search:
                     promote = trial.user_attrs.get("promote") or {}
                     choices, rung = self._at_rung(self.space.suggest(trial, self.registry), promote.get("rung", 0),
                                                   promote.get("from"))
+                    lineage = trial.user_attrs["lineage"] if "lineage" in trial.user_attrs else self._parent(choices)
+                    trial.set_user_attr("lineage", lineage)  # decided once: a promotion or re-queue keeps it
                     trial.set_user_attr("choices", {k: list(v) for k, v in choices.items()})
                     pending[trial.number] = trial
                     begun[trial.number] = (time.time(), {k: list(v) for k, v in choices.items()})
@@ -730,7 +770,7 @@ class Search:
                     self.progress.running = len(pending)
                     self.on_event("start", {"number": trial.number, "choices": choices})
                     self.executor.submit(self._spec(trial.number, choices, deadline=self._deadline(), rung=rung,
-                                                    **self._stop_inputs()))
+                                                    lineage=lineage, **self._stop_inputs()))
                 if not pending:
                     break
                 for record in self.executor.poll(timeout=1.0):
@@ -835,6 +875,28 @@ class Search:
                 for f in folder.glob("model*"):
                     f.unlink(missing_ok=True)
         return data
+
+
+def _middle(spec: list | dict) -> Any:
+    """The middle value of a searched parameter: a choice list's middle entry, a range's midpoint (geometric
+    for a log range, on the step grid for a stepped one)."""
+    if isinstance(spec, dict) and "choices" in spec:
+        spec = list(spec["choices"])
+    if isinstance(spec, list):
+        return spec[(len(spec) - 1) // 2]
+    low, high = spec["low"], spec["high"]
+    if spec.get("step"):
+        count = int(round((high - low) / spec["step"]))
+        value = low + (count // 2) * spec["step"]
+    else:
+        value = math.sqrt(low * high) if spec.get("log") else (low + high) / 2
+    return type(low)(round(value, 10)) if isinstance(low, int) else round(value, 10)
+
+
+def _carried(user_attrs: dict) -> dict:
+    """What a re-queued trial keeps of its user attrs: its promotion and its lineage (the memo keys of a
+    saved fine-tune depend on both)."""
+    return {k: user_attrs[k] for k in ("promote", "lineage") if k in user_attrs}
 
 
 def _as_compressed(peer: TrialRecord, trial: TrialRecord, margin: float) -> bool:

@@ -314,6 +314,8 @@ def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any] | 
     for stage in STAGE_ORDER:
         options = space.options(stage, runtime, pruned)
         name, fixed = named[stage]
+        if stage.value not in item and len(options) == 1:  # a stage left out takes its only choice
+            name = options[0]
         if not isinstance(name, str) or name not in options:
             on = f" on runtime {runtime}" if len(space.runtimes) > 1 else ""
             why = (" (pruning is followed by a recovery fine-tune when the space offers one)"

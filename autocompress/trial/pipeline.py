@@ -90,6 +90,9 @@ class TrialSpec:
         rung: The trial's rung of the fidelity ladder, or ``None``: ``index``, ``epochs``, ``rungs``,
             ``decay``, the ``stage`` and ``plugin`` whose length it sets, and ``promoted_from`` (the trial
             one rung below whose saved state its fine-tune continues).
+        lineage: ``{"parent": number, "key": model cache key}``: a finished, less compressed trial whose
+            fine-tuned float model (in ``RUN/cache/models`` under ``key``) the pruning step prunes further
+            instead of pruning the base, or ``None``.
     """
 
     number: int
@@ -104,6 +107,7 @@ class TrialSpec:
     front: list = field(default_factory=list)
     deadline: float | None = None
     rung: dict | None = None
+    lineage: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,6 +230,7 @@ def _run(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     budget stops there, untrained); else the fine-tune runs (or comes from the memo), then the
     quantizer, the export and the measurement."""
     trial = _Trial(spec, out_dir)
+    trial.find_parent()
     return trial.repeat() or trial.probe() or trial.train_and_measure()
 
 
@@ -280,6 +285,7 @@ class _Trial:
                                                   max_bytes=self.memo_bytes)
         # a model fine-tuned on a GPU differs from one fine-tuned on the CPU: memo keys say which (CPU runs keep theirs)
         self.trained_on = [] if self.train_device.type == "cpu" else [f"trained on {self.train_device.type}"]
+        self.parent: torch.nn.Module | None = None  # lineage: the fine-tuned model the pruning step starts from
         self.artefacts: ArtefactCache | None = None
         self.whole_key: str | None = None
         self.timer = _step_timer(spec, config, out_dir)
@@ -353,8 +359,8 @@ class _Trial:
             if st.value == ladder["stage"] and n == ladder["plugin"]:
                 p = {k: v for k, v in p.items() if k != cls.fidelity}
             steps.append([st.value, n, p])
-        return content_key(self.base_id, steps, *self.trained_on, "warmup-stable-decay", ladder["rungs"][0],
-                           ladder["decay"], epochs)
+        return content_key(self.base_id, steps, *self.trained_on, *self.from_parent, "warmup-stable-decay",
+                           ladder["rungs"][0], ladder["decay"], epochs)
 
     def fit_checkpoint(self) -> FitCheckpoint:
         """A plugin's ``ctx.fit_checkpoint``: where the running step's next fit is saved at the deadline."""
@@ -379,12 +385,48 @@ class _Trial:
             scheduled = self.ladder is not None and (step[0].value, step[1]) == (self.ladder["stage"],
                                                                                  self.ladder["plugin"])
             ctx.rung = self.rung if scheduled else None
+            ctx.original = self.teacher if self.parent is not None and step[0] == Stage.PRUNE else None
             try:
                 model = _apply([step], model, ctx, self.durations, timer=self.timer)
             finally:  # a fine-tune stopped after training continued too
                 if scheduled and self.fit_rung is not None:
                     self.out["rung"]["continued"] = self.fit_rung.continued
         return model
+
+    @property
+    def from_parent(self) -> list:
+        """What memo keys add for a trial that starts from a parent's model (lineage)."""
+        return [] if self.parent is None else ["pruned further from", self.spec.lineage["key"]]
+
+    def find_parent(self) -> None:
+        """Lineage: loads the parent's fine-tuned model when the spec names one, and keeps it only when
+        pruning it further gives the structure that pruning the base gives (checked on copies, seconds);
+        the record says which, and why not."""
+        lineage = self.spec.lineage
+        if not lineage or not self.trains:
+            return
+        self.out["lineage"] = use = {"parent": lineage["parent"], "used": False}
+        prune = next((s for s in self.steps if s[0] == Stage.PRUNE), None)
+        if prune is None or not prune[3].lineage:
+            use["reason"] = "the trial's pruning plugin cannot prune a pruned model further"
+            return
+        hit = ModelCache(self.memo_root / "models", max_bytes=self.memo_bytes).get(lineage["key"])
+        if hit is None:
+            use["reason"] = "the parent's fine-tuned model is no longer in the cache (search.cache_mb)"
+            return
+        t0 = time.perf_counter()
+        ctx = self.context(True, self.work / "lineage")
+        direct = _apply([prune], copy.deepcopy(self.teacher), ctx, durations={}, timer=self.timer)
+        ctx.original = self.teacher
+        further = _apply([prune], copy.deepcopy(hit[0]), ctx, durations={}, timer=self.timer)
+        self.durations["lineage_check"] = round(time.perf_counter() - t0, 3)
+        if _shapes(further) != _shapes(direct):
+            use["reason"] = ("pruning the parent's model further does not give the structure that pruning the base "
+                             "gives; the base was pruned")
+            self.log(f"lineage: trial {lineage['parent']}'s model not used: {use['reason']}")
+            return
+        self.parent, use["used"] = hit[0], True
+        self.log(f"lineage: starts from trial {lineage['parent']}'s fine-tuned model, pruned further")
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -397,7 +439,7 @@ class _Trial:
         self.artefacts = ArtefactCache(self.memo_root / "artefacts", max_bytes=self.memo_bytes)
         self.whole_key = content_key(self.base_id, self.runtime.name, [
             [st.value, n, cls.Config.model_validate(p).model_dump(mode="json")] for st, n, p, cls in self.steps],
-            *self.trained_on)
+            *self.trained_on, *self.from_parent)
         hit = self.artefacts.get(self.whole_key)
         if hit is not None:
             record = _remeasure(*hit, key=self.whole_key, out_dir=self.out_dir, runtime=self.runtime, curve=self.curve,
@@ -490,7 +532,7 @@ class _Trial:
     def fine_tuned(self) -> tuple["torch.nn.Module", list]:
         """The model the remaining steps start from, and those steps: the fine-tuned module from
         the memo when a trial with the same stages before the quantizer trained it, else the base."""
-        model, steps = copy.deepcopy(self.teacher), self.steps
+        model, steps = copy.deepcopy(self.parent if self.parent is not None else self.teacher), self.steps
         prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
         if not (self.trains and self.config.search.cache and any(cls.trains(p) for _, _, p, cls in prefix)):
             return model, steps
@@ -511,7 +553,7 @@ class _Trial:
         fine-tuned module, and of the checkpoint of a fit stopped in the last of ``steps``."""
         runtime = [self.runtime.name] if any(st == Stage.QUANTIZE for st, *_ in steps) else []  # QAT trains for it
         return content_key(self.base_id, [[st.value, n, p] for st, n, p, _ in steps], *self.trained_on,
-                           *runtime)
+                           *self.from_parent, *runtime)
 
     def remember(self, record: dict[str, Any]) -> None:
         """Keeps a finished artefact and its byte-only figures in the memo, for a later repeat."""
@@ -564,6 +606,10 @@ def _remeasure(files: dict[str, Path], meta: dict, *, key: str, out_dir: Path, r
         "key": key, "hit": True, "kind": "artefact", "from_trial": meta.get("trial"), "saved_s": meta.get("seconds")})
     (out_dir / "record.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def _shapes(module: "torch.nn.Module") -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 def _counted(record: dict[str, Any], teacher_outputs: TeacherOutputs | None) -> dict[str, Any]:

@@ -178,6 +178,21 @@ class RungUse(_Part):
     continued: bool = False
 
 
+class LineageUse(_Part):
+    """The finished, less compressed trial whose fine-tuned model a trial pruned further (``search.lineage``).
+
+    Attributes:
+        parent: The parent trial's number.
+        used: Whether the trial started from the parent's model (``False``: it pruned the base, see ``reason``).
+        reason: Why the parent's model was not used (no longer in the cache; pruning it further does not give
+            the structure that pruning the base gives).
+    """
+
+    parent: int
+    used: bool = False
+    reason: str | None = None
+
+
 class TimedOut(_Part):
     """A step that ran past ``search.step_timeout``."""
 
@@ -216,6 +231,7 @@ class TrialRecord(_Part):
         interrupted: Stopped by the search (Ctrl-C, time limit, crash) and re-queued.
         continued_from: A fine-tune stopped at the time limit that this trial continued.
         rung: The trial's rung of the fidelity ladder, and the trial it was promoted from.
+        lineage: The less compressed trial whose fine-tuned model this one pruned further.
         by_runtime: The base's figures on each target runtime (``base.json`` only).
         plugin_log: Lines the trial's plugins logged.
     """
@@ -262,6 +278,7 @@ class TrialRecord(_Part):
     interrupted: bool = False
     continued_from: ContinuedFrom | None = None
     rung: RungUse | None = None
+    lineage: LineageUse | None = None
     by_runtime: dict[str, Metrics] | None = None
     plugin_log: list[str] = Field(default_factory=list)
 
