@@ -46,6 +46,33 @@ def create_model(config: ModelConfig, num_classes: int) -> torch.nn.Module:
     return model
 
 
+def model_stages(model: torch.nn.Module) -> list[tuple[str, list[str]]]:
+    """The model's stages, from timm's ``feature_info``: per stage, its name (the feature module) and the
+    names of its Conv/Linear layers, classifier excluded.
+
+    A stage holds every layer registered after the previous stage's last layer, up to the end of its
+    feature module (so ResNet's stem belongs to the stage named ``act1``, MobileNetV3's ``blocks.2`` to
+    ``blocks.3``); layers after the last feature module (a head convolution) join the last stage.
+    Stages without such layers are left out; a model without ``feature_info`` has none.
+    """
+    info = getattr(model, "feature_info", None)
+    ends = [entry["module"] for entry in info] if info else []
+    if not ends:
+        return []
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    skip = {id(m) for m in head.modules()} if isinstance(head, torch.nn.Module) else set()
+    names = [name for name, _ in model.named_modules()]
+    last = [max((i for i, n in enumerate(names) if n == end or n.startswith(end + ".")), default=-1) for end in ends]
+    stages: list[tuple[str, list[str]]] = [(end, []) for end in ends]
+    index = 0
+    for i, (name, module) in enumerate(model.named_modules()):
+        while index < len(ends) - 1 and i > last[index]:
+            index += 1
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and id(module) not in skip:
+            stages[index][1].append(name)
+    return [(end, layers) for end, layers in stages if layers]
+
+
 def load_checkpoint(model: torch.nn.Module, path) -> None:
     """Loads a ``state_dict`` (or ``{"state_dict"|"model"|"model_state_dict": ...}``) into ``model``.
 

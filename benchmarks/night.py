@@ -433,7 +433,7 @@ def load_arm(folder: Path) -> dict[str, Any] | None:
 
     def ratio_fastest(r: dict) -> float | None:
         """The record's latency over the fastest fp32 base (its own ratio is to the base on its runtime)."""
-        ratio = r.get("latency_vs_base")
+        ratio = (r.get("metrics") or {}).get("latency_vs_base_pooled") or r.get("latency_vs_base")
         if ratio is None:
             return None
         if r.get("base_runtime"):  # timed beside the run's reference base already (autocompress after d32a52e)

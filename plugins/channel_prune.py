@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ import torch_pruning as tp
 from pydantic import Field
 
 from autocompress.plugin import Plugin, PluginConfig, Stage, TrialContext
-from autocompress.plugin.helpers import classifier_layers, fit, fused_attentions, resize_attentions
+from autocompress.plugin.helpers import classifier_layers, fit, fused_attentions, model_stages, resize_attentions
 
 
 class ChannelPrune(Plugin):
@@ -28,6 +28,12 @@ class ChannelPrune(Plugin):
     whole heads (``attention="heads"``), and each attention's derived sizes (``num_heads``,
     ``head_dim``, ``attn_dim``, ``scale``) are updated afterwards so that
     ``num_heads * head_dim`` matches its ``qkv`` and ``proj`` layers.
+
+    ``stage_ratios`` sets one ratio per stage instead (timm's ``feature_info`` stages, see
+    :func:`autocompress.models.model_stages`: a ResNet-18 has five, the stem and ``layer1`` to
+    ``layer4``), so the search can cut where it costs least; ``ratio`` is then unused. Coupled
+    channels (a residual stream that crosses stages) follow the ratio of the first stage that holds
+    one of their layers.
 
     Channel counts are rounded to multiples of ``round_to`` because odd widths can make a
     more-pruned model slower on vectorised kernels (in attention the rounding applies to the
@@ -57,6 +63,7 @@ class ChannelPrune(Plugin):
             finetune_epochs: Training epochs after each step but the last.
             max_layer_ratio: No layer loses more than this share of its channels.
             attention: In transformers, prune dimensions of each head or whole heads.
+            stage_ratios: One ratio per stage of the model (``None``: ``ratio`` everywhere).
         """
 
         ratio: float = Field(default=0.5, ge=0.0, le=0.95, description="share of channels removed per layer")
@@ -68,6 +75,8 @@ class ChannelPrune(Plugin):
         max_layer_ratio: float = Field(default=0.9, gt=0.0, le=1.0)
         attention: Literal["head_dims", "heads"] = Field(
             default="head_dims", description="transformers: shrink every head, or remove whole heads")
+        stage_ratios: list[Annotated[float, Field(ge=0.0, le=0.95)]] | None = Field(
+            default=None, min_length=1, max_length=32, description="one ratio per stage (timm feature_info)")
 
     search_space = {
         "ratio": {"low": 0.2, "high": 0.7, "step": 0.1},
@@ -76,7 +85,12 @@ class ChannelPrune(Plugin):
     probe_ignores = frozenset({"finetune_epochs"})
     lineage = "ratio"  # prunes further a fine-tuned model it pruned less (ctx.original: the base)
     stronger = {"ratio": "high", "importance": "any", "global_pruning": "any", "round_to": "low",
-                "iterative_steps": "any", "finetune_epochs": "any", "max_layer_ratio": "high", "attention": "any"}
+                "iterative_steps": "any", "finetune_epochs": "any", "max_layer_ratio": "high", "attention": "any",
+                "stage_ratios": "high"}
+
+    @classmethod
+    def lineage_value(cls, params: dict[str, Any]) -> float | None:
+        return None if params.get("stage_ratios") else super().lineage_value(params)
 
     @classmethod
     def trains(cls, params: dict) -> bool:
@@ -94,7 +108,7 @@ class ChannelPrune(Plugin):
             The pruned model.
         """
         cfg = self.config
-        if cfg.ratio == 0:
+        if cfg.ratio == 0 and not cfg.stage_ratios:
             return model
         model.eval().cpu()
         if ctx.original is not None and cfg.iterative_steps == 1:
@@ -118,6 +132,7 @@ class ChannelPrune(Plugin):
 
     def _pruner(self, model: torch.nn.Module, ctx: TrialContext, attentions: list) -> tp.pruner.MetaPruner:
         cfg, heads = self.config, self.config.attention == "heads"
+        by_layer = self._stage_ratio_dict(model) if cfg.stage_ratios else None
         with warnings.catch_warnings():
             # Unwrapped parameters (ViT cls_token/pos_embed, ConvNeXt gamma) have the channel
             # dimension last, which is what torch-pruning assumes and warns about.
@@ -129,7 +144,15 @@ class ChannelPrune(Plugin):
                 ignored_layers=classifier_layers(model),
                 num_heads={a.qkv: a.num_heads for a in attentions},
                 prune_num_heads=heads, prune_head_dims=not heads, head_pruning_ratio=cfg.ratio if heads else 0.0,
+                pruning_ratio_dict=by_layer,
             )
+
+    def _stage_ratio_dict(self, model: torch.nn.Module) -> dict[torch.nn.Module, float]:
+        ratios, stages = self.config.stage_ratios, model_stages(model)
+        if len(ratios) != len(stages):
+            raise ValueError(f"stage_ratios: {len(ratios)} values for the {len(stages)} stages of this model "
+                             f"({', '.join(name for name, _ in stages) or 'none: it has no feature_info'})")
+        return {model.get_submodule(layer): ratio for (_, layers), ratio in zip(stages, ratios) for layer in layers}
 
     def _prune_further(self, model: torch.nn.Module, ctx: TrialContext) -> torch.nn.Module:
         """Lineage: ``model`` is a fine-tuned descendant of ``ctx.original`` pruned less; it keeps its most

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import time
 from types import SimpleNamespace
 
@@ -114,6 +115,7 @@ def test_a_more_pruned_trial_starts_from_the_less_pruned_ones_fine_tuned_model(l
     parent, child = read_trials(run)
     assert parent.choices["prune"][1]["ratio"] == 0.3 and child.choices["prune"][1]["ratio"] == 0.6
     assert parent.lineage is None and parent.state == child.state == "complete"
+    assert 0.0 <= parent.proxy <= 100.0 and "proxy" in parent.durations  # scored at its structure probe
     assert child.lineage.model_dump() == {"parent": 0, "used": True, "reason": None}
     assert child.cache.key != parent.cache.key and child.cache.stored
     assert "lineage_check" in child.durations
@@ -128,6 +130,9 @@ def test_a_parent_whose_model_left_the_cache_is_recorded_and_the_base_is_pruned(
     record = run_trial(spec)
     assert record.state == "complete"
     assert record.lineage.used is False and "no longer in the cache" in record.lineage.reason
+    # the child's structure was timed before (its probe, its trial): the budget reads the median of all
+    m, seen = record.metrics, [child.probe.latency_vs_base, child.metrics.latency_vs_base, record.metrics.latency_vs_base]
+    assert m.latency_pooled_from == 3 and m.latency_vs_base_pooled == round(statistics.median(seen), 4)
     # a direct prune is a different model from the child's: not the child's memo entry
     assert record.cache.key != child.cache.key
     assert json.loads((run / "trials" / "0007" / "record.json").read_text())["lineage"]["parent"] == 0

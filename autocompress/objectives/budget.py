@@ -57,8 +57,9 @@ def constraints(record: Mapping[str, Any], budget, base_accuracy: float) -> dict
     Each is the violation relative to its limit (``latency / max - 1``, ``size / max - 1``,
     ``macs / max - 1``, ... ``(floor - accuracy) / floor``), so ms, MB, MACs and percentage points
     weigh alike when the sampler ranks infeasible trials by their summed violation. The latency
-    ratio to the base (``metrics.latency_vs_base``) counts where it was measured, i.e. for every
-    trial; a capped figure the record does not hold (``None``: not measured yet) adds no constraint.
+    ratio to the base (``metrics.latency_vs_base``, or its median over every measurement of the
+    structure, ``latency_vs_base_pooled``, where the run has one) counts where it was measured, i.e.
+    for every trial; a capped figure the record does not hold (``None``: not measured yet) adds no constraint.
 
     Args:
         record: Holds the figures in ``metrics``.
@@ -75,8 +76,9 @@ def constraints(record: Mapping[str, Any], budget, base_accuracy: float) -> dict
         limit = getattr(budget, field, None)
         if limit is not None and m.get(key) is not None:
             out[_CONSTRAINT_NAMES[field]] = m[key] / limit - 1.0
-    if budget.max_latency_vs_base is not None and m.get("latency_vs_base") is not None:
-        out["latency_vs_base"] = m["latency_vs_base"] / budget.max_latency_vs_base - 1.0
+    ratio = m.get("latency_vs_base_pooled") if m.get("latency_vs_base_pooled") is not None else m.get("latency_vs_base")
+    if budget.max_latency_vs_base is not None and ratio is not None:
+        out["latency_vs_base"] = ratio / budget.max_latency_vs_base - 1.0
     if budget.max_accuracy_drop is not None:
         floor = max(base_accuracy - budget.max_accuracy_drop, 1e-6)
         out["accuracy"] = (floor - m["accuracy"]) / floor
@@ -134,7 +136,7 @@ def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float)
     if budget.max_latency_ms is not None and metrics["latency_ms"] > budget.max_latency_ms * margin:
         return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")
-    ratio = metrics.get("latency_vs_base")
+    ratio = metrics.get("latency_vs_base_pooled") or metrics.get("latency_vs_base")
     if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
         return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")

@@ -246,6 +246,14 @@ class Plugin(abc.ABC):
         return cls.fine_tunes
 
     @classmethod
+    def lineage_value(cls, params: dict[str, Any]) -> float | None:
+        """The value of the :attr:`lineage` field for these parameters (its default when unset), or ``None``
+        when the plugin has no lineage or this configuration's structure does not follow that field."""
+        if cls.lineage is None:
+            return None
+        return params.get(cls.lineage, cls.Config.model_fields[cls.lineage].default)
+
+    @classmethod
     def strongest(cls, space: dict[str, Any]) -> dict[str, Any]:
         """Parameters of the most compressing configuration in ``space``, by :attr:`stronger`.
 
@@ -283,7 +291,8 @@ def strongest_value(spec: Any, direction: Any) -> Any:
     if isinstance(spec, list):
         spec = {"choices": spec}
     if isinstance(spec, dict) and "low" in spec:
-        return spec["high"] if direction == "high" else spec["low"]
+        value = spec["high"] if direction == "high" else spec["low"]
+        return [value] * spec["size"] if isinstance(spec.get("size"), int) else value
     if isinstance(spec, dict) and "choices" in spec:
         choices = list(spec["choices"])
         if isinstance(direction, (list, tuple)):

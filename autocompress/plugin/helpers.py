@@ -21,14 +21,14 @@ import torch
 
 from autocompress.config import ModelConfig
 from autocompress.measure import count_params, export_onnx, quiet, save_openvino_ir
-from autocompress.models import create_model
+from autocompress.models import create_model, model_stages
 from autocompress.models import fit as _fit
 from autocompress.plugin.contract import Artefact, TrialContext
 from autocompress.plugin.teacher import kd_loss
 
 __all__ = [
     "ALWAYS_FLOAT_OPS", "COMPUTE_OPS", "classifier_layers", "count_params", "create_student", "export_onnx", "fit",
-    "first_last_compute", "fused_attentions", "kd_loss", "quantize_onnx_static", "quiet", "resize_attentions",
+    "first_last_compute", "fused_attentions", "kd_loss", "model_stages", "quantize_onnx_static", "quiet", "resize_attentions",
     "save_openvino_ir", "static_int8",
 ]
 

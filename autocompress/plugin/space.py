@@ -41,7 +41,7 @@ def check_plugin_space(cls: type[Plugin], space: dict[str, Any], where: str) -> 
                 if keys != {"choices"} or not spec["choices"]:
                     raise UserError(f"{key}: choices must be a non-empty list and alone")
                 values = list(spec["choices"])
-            elif {"low", "high"} <= keys and keys <= {"low", "high", "step", "log"}:
+            elif {"low", "high"} <= keys and keys <= {"low", "high", "step", "log", "size"}:
                 if not all(isinstance(spec[k], (int, float)) and not isinstance(spec[k], bool) for k in ("low", "high")):
                     raise UserError(f"{key}: low and high must be numbers")
                 if spec["low"] > spec["high"]:
@@ -49,8 +49,15 @@ def check_plugin_space(cls: type[Plugin], space: dict[str, Any], where: str) -> 
                 if spec.get("log") and spec["low"] <= 0:
                     raise UserError(f"{key}: a log range needs low > 0")
                 values = [spec["low"], spec["high"]]
+                if "size" in spec:  # one value per element: a list of that many, each in the range
+                    size = spec["size"]
+                    if not (size == "stages" or (isinstance(size, int) and not isinstance(size, bool) and size >= 1)):
+                        raise UserError(f"{key}.size: {size!r}; allowed: a count >= 1, or 'stages' (one per stage "
+                                        "of the model)")
+                    values = [[spec["low"]], [spec["high"]]]
             else:
-                raise UserError(f"{key}: a range is {{low, high[, step, log]}}, choices are a list; got keys {sorted(keys)}")
+                raise UserError(f"{key}: a range is {{low, high[, step, log, size]}}, choices are a list; got keys "
+                                f"{sorted(keys)}")
         else:
             values = [spec]
         for value in values:
@@ -69,7 +76,11 @@ def describe_spec(spec: Any) -> str:
         text = f"{spec['low']} to {spec['high']}"
         if spec.get("step"):
             text += f" in steps of {spec['step']}"
-        return text + (" (log scale)" if spec.get("log") else "")
+        text += " (log scale)" if spec.get("log") else ""
+        if "size" in spec:
+            count = "one per stage" if spec["size"] == "stages" else f"{spec['size']}"
+            text = f"a list of values ({count}), each {text}"
+        return text
     if isinstance(spec, dict) and "choices" in spec:
         return "one of " + ", ".join(map(str, spec["choices"]))
     return f"only {spec!r}"

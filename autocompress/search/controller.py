@@ -118,8 +118,6 @@ class Search:
     def validate(self) -> None:
         """Loads plugins and the search space; every user error surfaces here, before any work."""
         self.registry = discover(self.config.plugins_dir)
-        self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtimes,
-                                       rungs=self.config.search.rungs, pretrained=self.config.model.starts_trained)
         import timm
 
         if not timm.is_model(self.config.model.name):
@@ -128,6 +126,9 @@ class Search:
             hint = difflib.get_close_matches(self.config.model.name, timm.list_models(), n=3)
             raise UserError(f"model.name: unknown timm model {self.config.model.name!r}"
                             + (f"; did you mean {', '.join(hint)}?" if hint else "; see timm.list_models()"))
+        self.space = load_search_space(self.config.search_space, self.registry, self.config.device.runtimes,
+                                       rungs=self.config.search.rungs, pretrained=self.config.model.starts_trained,
+                                       count_stages=self._count_stages)
         if self.config.model.checkpoint is not None and not Path(self.config.model.checkpoint).is_file():
             raise UserError(f"model.checkpoint: file not found: {self.config.model.checkpoint}")
         self._check_energy()
@@ -149,6 +150,20 @@ class Search:
 
             create_model(self.config.model.model_copy(update={"pretrained": False}),
                          self.config.model.num_classes or data.num_classes)
+
+    def _count_stages(self) -> int:
+        """The model's stage count (timm ``feature_info``), for a per-stage range in the space."""
+        import timm
+
+        from autocompress.models import model_stages
+
+        model = self.config.model
+        net = timm.create_model(model.name, pretrained=False, num_classes=model.num_classes or 10, **model.kwargs)
+        count = len(model_stages(net))
+        if not count:
+            raise UserError(f"search_space: size 'stages' needs a model with stages (timm feature_info); "
+                            f"{model.name} has none")
+        return count
 
     def _check_energy(self) -> None:
         """A budget or objective on energy where this machine has no counter is refused before any work.
@@ -573,10 +588,12 @@ class Search:
         """
         search = self.config.search
         name, params = choices.get(Stage.PRUNE.value, (NONE, {}))
-        if not (search.lineage and search.cache) or name == NONE or not self.registry.get(name).lineage:
+        if not (search.lineage and search.cache) or name == NONE:
             return None
-        knob = self.registry.get(name).lineage
-        value = params.get(knob, self.registry.get(name).Config().model_dump()[knob])
+        cls = self.registry.get(name)
+        knob, value = cls.lineage, cls.lineage_value(params)
+        if value is None:
+            return None
         best = None
         for r in self.records.values():
             if r.state != "complete" or r.stopped is not None or r.cache is None or r.cache.kind != "model" \
@@ -584,9 +601,12 @@ class Search:
                 continue
             their_name, theirs = r.choices.get(Stage.PRUNE.value, (NONE, {}))
             if their_name != name or {k: v for k, v in theirs.items() if k != knob} != \
-                    {k: v for k, v in params.items() if k != knob} or not theirs.get(knob, value) < value:
+                    {k: v for k, v in params.items() if k != knob}:
                 continue
-            rank = (theirs[knob], r.metrics.accuracy)
+            ratio = cls.lineage_value(theirs)
+            if ratio is None or not ratio < value:
+                continue
+            rank = (ratio, r.metrics.accuracy)
             if best is None or rank > best[0]:
                 best = (rank, r)
         return None if best is None else {"parent": best[1].number, "key": best[1].cache.key}
@@ -609,11 +629,12 @@ class Search:
                 knob = self._knob(prune)
                 if knob is None:
                     continue
-                param, grid, fixed = knob
+                param, grid, fixed, size = knob
                 for quantizer in self.space.options(Stage.QUANTIZE, runtime):
-                    value = self._least_meeting(runtime, prune, param, grid, fixed, quantizer)
+                    value = self._least_meeting(runtime, prune, param, grid, fixed, quantizer, size)
                     if value is not None:
-                        found.append((grid.index(value), runtime, prune, {**fixed, param: value}, quantizer))
+                        found.append((grid.index(value), runtime, prune, {**fixed, param: _at(value, size)},
+                                      quantizer))
         added = 0
         scheduled = self.space.scheduled.get(Stage.DISTILL, {}).get(distill) if distill else None
         # the middle of each searched range: a random start-up draw at its edge (seen: the lowest learning
@@ -636,24 +657,27 @@ class Search:
             if added >= most:
                 break
 
-    def _knob(self, prune: str) -> tuple[str, list, dict] | None:
+    def _knob(self, prune: str) -> tuple[str, list, dict, int | None] | None:
         """The pruning plugin's most compressing numeric parameter (``stronger: high``) and its grid
-        in the space, and the other searched parameters at their first values."""
+        in the space, the other searched parameters at their first values, and the parameter's list
+        size (a per-stage range, probed with one value in every stage; it comes first, as it overrides
+        a single ratio) or ``None``."""
         if prune == NONE:
             return None
         cls, space = self.registry.get(prune), self.space.stages[Stage.PRUNE][prune]
-        for param, spec in space.items():
+        ranked = sorted(space.items(), key=lambda kv: not (isinstance(kv[1], dict) and "size" in kv[1]))
+        for param, spec in ranked:
             if cls.stronger.get(param) == "high" and isinstance(spec, dict) and "low" in spec:
                 low, high, step = float(spec["low"]), float(spec["high"]), spec.get("step")
                 count = int(round((high - low) / step)) + 1 if step else 6
                 grid = [round(low + i * (step or (high - low) / 5), 10) for i in range(count)]
                 fixed = {k: strongest_value(v, "any") for k, v in space.items()
                          if k != param and (isinstance(v, list) or isinstance(v, dict))}
-                return param, grid, fixed
+                return param, grid, fixed, spec.get("size")
         return None
 
     def _least_meeting(self, runtime: str | None, prune: str, param: str, grid: list, fixed: dict,
-                       quantizer: str) -> float | None:
+                       quantizer: str, size: int | None = None) -> float | None:
         """The smallest value on ``grid`` whose untrained structure meets the latency and size budget
         (binary search: it assumes more pruning is no slower and no larger), or ``None``."""
         quant_params = ({k: strongest_value(v, "any") for k, v in self.space.stages[Stage.QUANTIZE][quantizer].items()}
@@ -663,7 +687,7 @@ class Search:
         reference = self.base.metrics.latency_ms  # the budget's ratio is to the base on its fastest runtime
 
         def meets(value: float) -> bool:
-            choices = {"prune": (prune, {**fixed, param: value}), "distill": (NONE, {}),
+            choices = {"prune": (prune, {**fixed, param: _at(value, size)}), "distill": (NONE, {}),
                        "quantize": (quantizer, quant_params)}
             if runtime and len(self.space.runtimes) > 1:
                 choices["runtime"] = (runtime, {})
@@ -875,6 +899,11 @@ class Search:
                 for f in folder.glob("model*"):
                     f.unlink(missing_ok=True)
         return data
+
+
+def _at(value: float, size: int | None) -> float | list[float]:
+    """A knob's value, as a list of ``size`` equal values for a per-stage range."""
+    return value if size is None else [value] * size
 
 
 def _middle(spec: list | dict) -> Any:

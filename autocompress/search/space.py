@@ -40,7 +40,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import yaml
@@ -154,6 +154,9 @@ def _kind(cls: type[Plugin], param: str) -> type:
 
 
 def _suggest_one(trial: optuna.Trial, key: str, spec: Any, kind: type) -> Any:
+    if isinstance(spec, dict) and "size" in spec:  # one Optuna parameter per element: KEY.0, KEY.1, ...
+        one = {k: v for k, v in spec.items() if k != "size"}
+        return [_suggest_one(trial, f"{key}.{i}", one, float) for i in range(spec["size"])]
     if isinstance(spec, dict) and "low" in spec:
         if kind is int:
             return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step") or 1),
@@ -167,7 +170,8 @@ def _suggest_one(trial: optuna.Trial, key: str, spec: Any, kind: type) -> Any:
 
 
 def load_search_space(path: Path | str, registry, runtime: str | list[str] | None = None, *,
-                      rungs: list[float] | None = None, pretrained: bool = False) -> SearchSpace:
+                      rungs: list[float] | None = None, pretrained: bool = False,
+                      count_stages: Callable[[], int] | None = None) -> SearchSpace:
     """Reads and validates a search-space file against the registered plugins.
 
     Args:
@@ -177,6 +181,7 @@ def load_search_space(path: Path | str, registry, runtime: str | list[str] | Non
             of them is rejected.
         rungs: The fidelity ladder (``search.rungs``): plugins' fidelity fields are then scheduled.
         pretrained: The base is already trained: plugins' ``pretrained_search_space`` applies.
+        count_stages: Gives the model's stage count, for a range with ``size: stages`` (called only then).
 
     Raises:
         UserError: The file is missing or malformed, or names an unknown plugin or a bad range.
@@ -193,12 +198,12 @@ def load_search_space(path: Path | str, registry, runtime: str | list[str] | Non
     except OSError:
         is_default = False
     return parse_search_space(raw, registry, runtime, source=str(path), drop_other_runtimes=is_default,
-                              rungs=rungs, pretrained=pretrained)
+                              rungs=rungs, pretrained=pretrained, count_stages=count_stages)
 
 
 def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = None, source: str = "", *,
                        drop_other_runtimes: bool = False, rungs: list[float] | None = None,
-                       pretrained: bool = False) -> SearchSpace:
+                       pretrained: bool = False, count_stages: Callable[[], int] | None = None) -> SearchSpace:
     """Validates a search space given as a mapping (see :func:`load_search_space`).
 
     Args:
@@ -264,6 +269,11 @@ def parse_search_space(raw: dict, registry, runtime: str | list[str] | None = No
                     merged.pop(cls.fidelity, None)
                     scheduled.setdefault(stage, {})[name] = cls.fidelity
             merged.update(check_plugin_space(cls, space or {}, where))
+            for param, spec in merged.items():
+                if isinstance(spec, dict) and spec.get("size") == "stages":
+                    if count_stages is None:
+                        raise UserError(f"{where}.{param}: size 'stages' needs the model, to count its stages")
+                    merged[param] = {**spec, "size": count_stages()}
             stages[stage][name] = merged
         if not stages[stage]:  # every choice was left out for the runtime: nothing to search
             raise UserError(f"search_space.{stage.value}: no choice runs on device.runtime={'/'.join(runtimes)} "
@@ -335,7 +345,11 @@ def _warm_params(index: int, item: Any, space: SearchSpace) -> dict[str, Any] | 
             problem = _warm_value_problem(space.registry.get(name), param, space.stages[stage][name][param], val)
             if problem:
                 raise UserError(f"{where}.{stage.value}.{name}.{param}: {val!r} {problem}")
-            params[f"{stage.value}.{name}.{param}"] = val
+            spec = space.stages[stage][name][param]
+            if isinstance(spec, dict) and "size" in spec:  # Optuna holds one parameter per element
+                params.update({f"{stage.value}.{name}.{param}.{i}": v for i, v in enumerate(val)})
+            else:
+                params[f"{stage.value}.{name}.{param}"] = val
         if stage == Stage.PRUNE:
             pruned = space.needs_recovery(name, fixed or {})
     return params
@@ -348,6 +362,16 @@ def _warm_value_problem(cls: type[Plugin], param: str, spec: Any, value: Any) ->
         cls.Config.model_validate({param: value})
     except ValidationError as err:
         return f"is outside what {cls.name} accepts ({err.errors()[0]['msg']}); {allowed}"
+    if isinstance(spec, dict) and "size" in spec:
+        if not isinstance(value, list) or len(value) != spec["size"]:
+            return f"is not a list of {spec['size']} values; {allowed}"
+        one = {k: v for k, v in spec.items() if k != "size"}
+        return next((f"(element {i}) {p}" for i, v in enumerate(value)
+                     for p in [_element_problem(one, v, allowed)] if p), None)
+    return _element_problem(spec, value, allowed)
+
+
+def _element_problem(spec: Any, value: Any, allowed: str) -> str | None:
     if isinstance(spec, dict) and "low" in spec:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return f"is not a number; {allowed}"

@@ -24,7 +24,7 @@ import torch
 from autocompress.errors import UserError
 from autocompress.store import Memo, NotRebuildable, content_key, load_module, save_module
 
-__all__ = ["ArtefactCache", "ModelCache", "ProbeMemo", "content_key"]
+__all__ = ["ArtefactCache", "LatencyHistory", "ModelCache", "ProbeMemo", "content_key"]
 
 _STEM = "model"
 
@@ -123,3 +123,30 @@ class ProbeMemo:
 
     def put(self, probe: dict, trial: int) -> None:
         self.memo.put(self.key, (), {**probe, "trial": trial})
+
+
+class LatencyHistory:
+    """Every ``latency_vs_base`` this run measured for one structure (``RUN/cache/latency``): artefacts of
+    one structure run alike, so the latency budget is judged on the median of all of them rather than
+    on one window's ratio.
+
+    Args:
+        root: The entries' folder (``RUN/cache/latency``).
+        key: The structure's content key (as :class:`ProbeMemo`'s).
+        keep: The most recent measurements kept.
+    """
+
+    def __init__(self, root: Path | str, key: str, keep: int = 25) -> None:
+        self.memo, self.key, self.keep = Memo(root), key, keep
+
+    def seen(self) -> list[float]:
+        """The ratios measured so far, oldest first."""
+        entry = self.memo.get(self.key)
+        seen = entry.meta.get("seen") if entry is not None else None
+        return [float(r) for _, r in seen] if isinstance(seen, list) else []
+
+    def add(self, ratio: float, trial: int) -> None:
+        """Adds one measurement (a lost race between two workers loses one sample, nothing else)."""
+        entry = self.memo.get(self.key)
+        seen = list(entry.meta.get("seen") or []) if entry is not None else []
+        self.memo.put(self.key, (), {"seen": [*seen, [trial, float(ratio)]][-self.keep:]})

@@ -14,6 +14,7 @@ import json
 import platform
 import shutil
 import socket
+import statistics
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from autocompress.measure import (
     measure_footprint,
     measure_latency,
     module_predictor,
+    recalibrated_top1,
     top1,
 )
 from autocompress.models import FitCheckpoint, FitState, NotCheckpointable, Rung, TimeUp, create_model
@@ -52,7 +54,7 @@ from autocompress.store import TRIAL_MODULE as MODULE_STEM
 from autocompress.store import Memo, NotRebuildable, content_key, file_hashes, link_or_copy, module_files, save_module
 from autocompress.trial.base import load_base_weights, train_device
 from autocompress.trial.early_stop import StopRule, StopTrial
-from autocompress.trial.memo import ArtefactCache, ModelCache, ProbeMemo
+from autocompress.trial.memo import ArtefactCache, LatencyHistory, ModelCache, ProbeMemo
 from autocompress.trial.record import TrialRecord
 from autocompress.trial.watchdog import StepTimeout, timed_step
 
@@ -286,6 +288,9 @@ class _Trial:
         # a model fine-tuned on a GPU differs from one fine-tuned on the CPU: memo keys say which (CPU runs keep theirs)
         self.trained_on = [] if self.train_device.type == "cpu" else [f"trained on {self.train_device.type}"]
         self.parent: torch.nn.Module | None = None  # lineage: the fine-tuned model the pruning step starts from
+        self.history = (LatencyHistory(self.memo_root / "latency", _probe_key(
+            self.base_id, self.runtime.name, [s for s in self.steps if s[3].changes_structure]))
+            if config.search.cache and spec.number != -1 else None)  # the search's probes (-2) count too
         self.artefacts: ArtefactCache | None = None
         self.whole_key: str | None = None
         self.timer = _step_timer(spec, config, out_dir)
@@ -369,10 +374,16 @@ class _Trial:
         return _StepCheckpoint(self, Memo(self.memo_root / "resume"), key, self.fits - 1)
 
     def measure(self, result, final: Path, *, after: list = (), **kw) -> dict[str, Any]:
-        """Export and measurement, one timed step (named after the plugin whose output it is)."""
+        """Export and measurement, one timed step (named after the plugin whose output it is); the latency
+        ratio joins the structure's history, whose median the budget is judged on."""
         last = f", after {after[-1][0].value} {after[-1][1]}" if after else ""
+        prior = self.history.seen() if self.history is not None else None
         with self.timer(f"export+measure ({self.runtime.name}{last})"):
-            return self._save_and_measure(result, final, **kw)
+            record = self._save_and_measure(result, final, prior=prior, **kw)
+        ratio = record["metrics"].get("latency_vs_base")
+        if self.history is not None and ratio is not None:
+            self.history.add(ratio, self.spec.number)
+        return record
 
     def apply(self, steps: list, model, ctx: TrialContext) -> "torch.nn.Module | Artefact":
         """Applies plugin steps in order, each under the step time limit, the curve counting on."""
@@ -481,12 +492,17 @@ class _Trial:
                                  params=count_params(module), module=module,
                                  accuracy_if=lambda metrics: verdict_of(metrics) is not None, after=structural)
             probe.pop("timings")
+            t_proxy = time.perf_counter()
+            probe["proxy"] = round(recalibrated_top1(module, self.data.train, self.data.val, seed=config.search.seed,
+                                                     batch_size=config.data.batch_size), 4)
+            self.durations["proxy"] = round(time.perf_counter() - t_proxy, 3)
             if probes:
                 probes.put(probe, spec.number)
         else:
             self.out["probe_from"] = probe.pop("trial")
         self.durations["structure_first"] = round(time.perf_counter() - t0, 3)
         self.out["probe"] = probe["metrics"]
+        self.out["proxy"] = probe.get("proxy")
         self.rule.position = self.rule.position_of(probe["metrics"])
         verdict = verdict_of(probe["metrics"])
         if not verdict:
@@ -672,7 +688,7 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
                       module: torch.nn.Module | None = None,
                       accuracy_if: Callable[[dict], bool] | None = None,
                       test_if: Callable[[dict], bool] | None = None,
-                      known: dict | None = None) -> dict[str, Any]:
+                      known: dict | None = None, prior: list[float] | None = None) -> dict[str, Any]:
     """Saves ``result`` for the runtime at ``final``, reloads it and measures latency, size and accuracy.
 
     Args:
@@ -683,6 +699,8 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
         known: Accuracy figures already known for these exact bytes (a reused artefact): not evaluated again.
         module: The float module that was saved or quantized (MACs are counted on it); ``None``
             for a reused artefact, whose counts come from ``known``.
+        prior: Earlier ``latency_vs_base`` measurements of this structure: the metrics then get their
+            median with this one (``latency_vs_base_pooled``), which the budget is judged on.
 
     Besides latency, size and accuracy, the metrics get ``macs``, ``macs_int8``, ``memory_mb``,
     ``energy_mj`` and ``energy_source`` (:mod:`autocompress.measure.footprint`), and ``not_measured``
@@ -708,6 +726,9 @@ def _save_and_measure(result: "torch.nn.Module | Artefact", final: Path, *, spec
                "params": params, "precision": artefact.precision, "runtime": artefact.runtime}
     if BASE in lat:
         metrics["latency_vs_base"] = round(lat["trial"].median_ms / lat[BASE].median_ms, 4)
+        if prior:
+            metrics["latency_vs_base_pooled"] = round(statistics.median([*prior, metrics["latency_vs_base"]]), 4)
+            metrics["latency_pooled_from"] = len(prior) + 1
     required = required_metrics(config)
     figures = measure_footprint(
         artefact, module=module, example=data.train.example(batch), known=known,

@@ -69,6 +69,10 @@ class Metrics(_Part):
         precision: ``fp32``, ``int8``, ...
         runtime: The runtime it was saved for and timed on.
         latency_vs_base: Latency over the base's, timed in the same window.
+        latency_vs_base_pooled: The median of ``latency_vs_base`` over every artefact of this structure the
+            run has timed (this one, earlier trials', their probes'), which the latency budget is judged
+            on: one window's ratio varies by ~10 % (seen: 0.44x, 0.47x and 0.52x for one structure).
+        latency_pooled_from: How many measurements that median is of.
         macs / macs_int8 / memory_mb / energy_mj / energy_source: See :mod:`autocompress.measure.footprint`
             (runs from before these figures lack them).
         not_measured: Figure -> why it is ``None``.
@@ -83,6 +87,8 @@ class Metrics(_Part):
     precision: str
     runtime: str
     latency_vs_base: float | None = None
+    latency_vs_base_pooled: float | None = None
+    latency_pooled_from: int | None = None
     macs: int | None = None
     macs_int8: int | None = None
     memory_mb: float | None = None
@@ -232,6 +238,8 @@ class TrialRecord(_Part):
         continued_from: A fine-tune stopped at the time limit that this trial continued.
         rung: The trial's rung of the fidelity ladder, and the trial it was promoted from.
         lineage: The less compressed trial whose fine-tuned model this one pruned further.
+        proxy: Top-1 % of the untrained structure after BatchNorm recalibration (a cheap score probed
+            before fine-tuning, :func:`autocompress.measure.recalibrated_top1`), where it was probed.
         by_runtime: The base's figures on each target runtime (``base.json`` only).
         plugin_log: Lines the trial's plugins logged.
     """
@@ -279,6 +287,7 @@ class TrialRecord(_Part):
     continued_from: ContinuedFrom | None = None
     rung: RungUse | None = None
     lineage: LineageUse | None = None
+    proxy: float | None = None
     by_runtime: dict[str, Metrics] | None = None
     plugin_log: list[str] = Field(default_factory=list)
 
