@@ -288,9 +288,10 @@ class _Trial:
         # a model fine-tuned on a GPU differs from one fine-tuned on the CPU: memo keys say which (CPU runs keep theirs)
         self.trained_on = [] if self.train_device.type == "cpu" else [f"trained on {self.train_device.type}"]
         self.parent: torch.nn.Module | None = None  # lineage: the fine-tuned model the pruning step starts from
-        self.history = (LatencyHistory(self.memo_root / "latency", _probe_key(
-            self.base_id, self.runtime.name, [s for s in self.steps if s[3].changes_structure]))
-            if config.search.cache and spec.number != -1 else None)  # the search's probes (-2) count too
+        self.structural = [s for s in self.steps if s[3].changes_structure]
+        self.structure_key = _probe_key(self.base_id, self.runtime.name, self.structural)  # latency and size follow it
+        self.history = (LatencyHistory(self.memo_root / "latency", self.structure_key)
+                        if config.search.cache and spec.number != -1 else None)  # the search's probes (-2) count too
         self.artefacts: ArtefactCache | None = None
         self.whole_key: str | None = None
         self.timer = _step_timer(spec, config, out_dir)
@@ -472,8 +473,8 @@ class _Trial:
         if not (self.trains and config.search.structure_first):
             return None
         t0 = time.perf_counter()
-        structural = [s for s in self.steps if s[3].changes_structure]
-        probes = (ProbeMemo(self.memo_root / "probes", _probe_key(self.base_id, self.runtime.name, structural))
+        structural = self.structural
+        probes = (ProbeMemo(self.memo_root / "probes", self.structure_key)
                   if config.search.cache else None)
         probe = probes.get() if probes else None
         verdict_of = functools.partial(structure_verdict, budget=config.budget,
