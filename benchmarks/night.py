@@ -344,32 +344,38 @@ def hand(args: argparse.Namespace) -> int:
 
 def arm(args: argparse.Namespace) -> int:
     """Writes an arm's config and space and runs ``autocompress search`` on them as a subprocess."""
+    raw = run_config(max_samples=args.max_samples, hours=args.hours, control=args.control, space=None,
+                     first_structures=not args.no_first_structures)
+    label = "control: fidelity scheduler off, epochs searched" if args.control else "search"
+    return run_arm(args.out / args.name, search_space(args.control), raw, label=label,
+                   info={"name": args.name, "control": args.control, "hours": args.hours,
+                         "max_samples": args.max_samples})
+
+
+def run_arm(folder: Path, space: dict[str, Any], raw: dict[str, Any], *, label: str, info: dict[str, Any]) -> int:
+    """Writes ``folder/space.yaml`` and ``folder/config.yaml`` (``raw`` with the space) and runs ``autocompress
+    search`` on them as a subprocess (run folder ``folder/run``); ``folder/arm.json`` says when and how."""
     import yaml
 
     from autocompress.config import load_config
 
-    folder = args.out / args.name
     run_dir = folder / "run"
     if (run_dir / "config.yaml").exists():
         print(f"{run_dir} already holds a run; name another arm or remove it")
         return 2
     folder.mkdir(parents=True, exist_ok=True)
     space_file, config_file = folder / "space.yaml", folder / "config.yaml"
-    space_file.write_text(yaml.safe_dump(search_space(args.control), sort_keys=False))
-    raw = run_config(max_samples=args.max_samples, hours=args.hours, control=args.control,
-                     space=space_file.resolve(), first_structures=not args.no_first_structures)
+    space_file.write_text(yaml.safe_dump(space, sort_keys=False))
+    raw = {**raw, "search_space": str(space_file.resolve())}
     config_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     load_config(config_file)  # a config the schema refuses stops here, before any work
     cmd = [sys.executable, "-m", "autocompress.cli", "search", str(config_file), "--out", str(run_dir), "--quiet"]
-    print(f"arm {args.name} ({'control: fidelity scheduler off, epochs searched' if args.control else 'search'}): "
-          f"{args.hours:g} h; search.rungs: {raw['search'].get('rungs', 'not in this schema')}")
+    print(f"arm {folder.name} ({label}): {info.get('hours', 0):g} h; search.rungs: "
+          f"{raw['search'].get('rungs', 'not in this schema')}")
     print("  " + " ".join(map(shlex.quote, cmd)))
-    info: dict[str, Any] = {
-        "name": args.name, "control": args.control, "hours": args.hours, "command": command_line(),
-        "search_command": " ".join(map(shlex.quote, cmd)), "config": str(config_file), "space": str(space_file),
-        "run_dir": str(run_dir), "search": raw["search"], "max_samples": args.max_samples,
-        "started": time.time(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-    }
+    info = {**info, "command": command_line(), "search_command": " ".join(map(shlex.quote, cmd)),
+            "config": str(config_file), "space": str(space_file), "run_dir": str(run_dir), "search": raw["search"],
+            "started": time.time(), "date": dt.datetime.now().isoformat(timespec="seconds")}
     write_json(folder / "arm.json", info)
     rc = None
     try:
@@ -385,7 +391,7 @@ def arm(args: argparse.Namespace) -> int:
         write_json(folder / "arm.json", info)
     tail = (folder / "search.log").read_text().strip().splitlines()[-4:]
     print("\n".join("  " + line for line in tail))
-    print(f"arm {args.name}: exit {rc}, {info['wall_s']:.0f} s; run folder {run_dir}")
+    print(f"arm {folder.name}: exit {rc}, {info['wall_s']:.0f} s; run folder {run_dir}")
     return 0 if rc == 0 else 1
 
 

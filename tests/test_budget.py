@@ -6,7 +6,8 @@ import pytest
 
 from autocompress.config.schema import BudgetConfig, RunConfig
 from autocompress.objectives import (STOPPED_VIOLATION, Unmet, caps_figures, constraints, is_feasible, probe_problem,
-                                     refusal, required_metrics, stopped_constraints, structure_verdict, within_budget)
+                                     proxy_verdict, refusal, required_metrics, stopped_constraints, structure_verdict,
+                                     within_budget)
 
 BASE = {"accuracy": 92.2006, "latency_ms": 0.77761, "size_mb": 13.563937, "params": 3377730, "macs": 11166720,
         "memory_mb": 59.503, "energy_mj": None, "runtime": "onnxruntime"}
@@ -148,3 +149,26 @@ def test_what_the_budget_asks_of_a_run():
                                        "objectives": ["accuracy", "params"],
                                        "budget": {"max_latency_ms": None, "max_size_mb": 5.0, "max_memory_mb": 30.0}})
     assert required_metrics(config) == {"accuracy", "params", "size_mb", "memory_mb"}
+
+
+def test_proxy_verdict_gates_only_on_a_rival_within_budget_no_larger_no_slower_and_clearly_better():
+    budget = _budget(max_latency_vs_base=0.9, max_size_mb=2.0)
+    rival = {"metrics": {**PROBE, "size_mb": 1.0}, "proxy": 70.0, "trial": 7}
+
+    def verdict(*others, proxy=60.0, gate=5.0, budget=budget):
+        return proxy_verdict(PROBE, proxy, others, budget=budget, latency_margin=0.1, gate=gate)
+
+    assert verdict(rival) == ("proxy 60.0 % is 10.0 points below trial 7's structure (70.0 %), which is no larger "
+                              "and no slower: not worth a fine-tune (search.proxy_gate 5)")
+    assert verdict(rival, proxy=66.0) is None                        # a lead within the gate
+    assert verdict(rival, gate=None) is None and verdict(rival, proxy=None) is None
+    assert verdict({**rival, "metrics": {**PROBE, "size_mb": 1.2}}) is None           # larger
+    slower = {**PROBE, "size_mb": 1.0, "latency_vs_base": PROBE["latency_vs_base"] * 1.2}
+    assert verdict({**rival, "metrics": slower}) is None                               # slower beyond the margin
+    noisy = {**PROBE, "size_mb": 1.0, "latency_vs_base": PROBE["latency_vs_base"] * 1.05}
+    assert verdict({**rival, "metrics": noisy}) is not None                           # within the latency noise
+    tight = _budget(max_latency_vs_base=0.55, max_size_mb=2.0)  # the probe (0.576x) is within it by the 10 % margin
+    assert verdict(rival, budget=tight) is not None
+    assert verdict({**rival, "metrics": {**PROBE, "size_mb": 1.0, "latency_vs_base": 0.62}}, budget=tight) is None
+    best = verdict(rival, {**rival, "proxy": 75.0, "trial": 9})
+    assert "trial 9's" in best                                        # the best rival is named

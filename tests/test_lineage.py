@@ -102,7 +102,7 @@ def lineage_run(tmp_path_factory):
            "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": 50.0},
            "device": {"threads": 1, "warmup": 3, "repeats": 10, "rounds": 2},
            "search_space": str(write_yaml(tmp / "space.yaml", space)),
-           "search": {"sampler": "random", "trials": 2, "timeout": None, "seed": 0, "early_stop": "none",
+           "search": {"sampler": "random", "trials": 2, "timeout": None, "seed": 0, "early_stop": "none", "proxy_gate": None,
                       "rungs": [1]}}
     config = load_config(write_yaml(tmp / "run.yaml", cfg))
     run = tmp / "out"

@@ -241,7 +241,7 @@ def macs_run(tmp_path_factory):
         "data": {"source": "digits", "max_samples": 400, "batch_size": 32},
         "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": 50.0, "max_macs": MAX_MACS},
         "device": {"threads": 1, "warmup": 3, "repeats": 10, "rounds": 2},
-        "search": {"sampler": "tpe", "trials": 5, "timeout": None, "seed": 0, "early_stop": "front"},
+        "search": {"sampler": "tpe", "trials": 5, "timeout": None, "seed": 0, "early_stop": "front", "proxy_gate": None},
         "search_space": str(write_yaml(tmp / "space.yaml", SPACE)),
     }
     config = load_config(write_yaml(tmp / "run.yaml", cfg))

@@ -50,7 +50,7 @@ def run(tmp_path_factory) -> Path:
         "data": {"source": "digits", "max_samples": 400, "batch_size": 32},
         "budget": {"max_latency_ms": None, "max_size_mb": 1.0, "max_accuracy_drop": None},
         "device": {"threads": 1, "warmup": 3, "repeats": 10, "rounds": 2},
-        "search": {"sampler": "random", "trials": 4, "timeout": None, "seed": 0},
+        "search": {"sampler": "random", "trials": 4, "timeout": None, "seed": 0, "proxy_gate": None},
         "search_space": str(root / "space.yaml"), "plugins_dir": str(plugins),
     }
     from autocompress.search.controller import Search

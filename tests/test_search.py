@@ -41,7 +41,8 @@ def finished_run(tmp_path_factory):
         "data": {"source": "digits", "max_samples": 400, "batch_size": 32},
         "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": 50.0},
         "device": {"threads": 1, "warmup": 3, "repeats": 10, "rounds": 2},
-        "search": {"sampler": "tpe", "trials": 5, "timeout": None, "seed": 0, "early_stop": "none"},
+        "search": {"sampler": "tpe", "trials": 5, "timeout": None, "seed": 0, "early_stop": "none",
+                   "proxy_gate": None},
     }
     config = _config(tmp, cfg)
     search = Search(config=config, run_dir=tmp / "out")

@@ -51,7 +51,7 @@ def tiny_config_dict():
         "data": {"source": "digits", "max_samples": 400, "batch_size": 32},
         "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": None},
         "device": {"threads": 1, "warmup": 3, "repeats": 10, "rounds": 2},
-        "search": {"sampler": "random", "trials": 3, "timeout": None, "seed": 0},
+        "search": {"sampler": "random", "trials": 3, "timeout": None, "seed": 0, "proxy_gate": None},
     }
 
 
@@ -362,3 +362,24 @@ def test_only_configurations_that_train_are_probed_first(prepared):
     tuned = run_trial(_spec(prepared, 61, iterative, search_cfg={"cache": False}))
     assert tuned["state"] == "complete" and tuned.probe is not None and len(tuned["curve"]) == 1
     assert tuned["metrics"]["size_bytes"] == pytest.approx(once["metrics"]["size_bytes"], rel=0.01)
+
+
+def test_a_structure_whose_rival_scores_a_clearly_better_proxy_is_not_fine_tuned(prepared):
+    from autocompress.trial.memo import ProbeMemo
+
+    lr = lambda value: {**PRUNE_KD, "distill": ["logit_kd", {"epochs": 3, "lr": value}]}  # noqa: E731
+    # learning rates no other test uses: no repeat of an earlier trial's whole configuration
+    first = run_trial(_spec(prepared, 40, lr(7e-4), search_cfg={"proxy_gate": None}))
+    assert first["state"] == "complete" and first["proxy"] is not None and "stopped" not in first
+    # another structure of this run: no larger, no slower, 10 points better on the proxy
+    rival = {"metrics": {**first["probe"], "size_mb": first["probe"]["size_mb"] * 0.99}, "proxy": first["proxy"] + 10}
+    ProbeMemo(prepared.run.path / "cache" / "probes", "rival-structure").put(rival, 99)
+    gated = run_trial(_spec(prepared, 41, lr(6e-4), search_cfg={"proxy_gate": 5.0}))
+    assert gated["state"] == "pruned" and gated["stopped"]["stage"] == "proxy"
+    assert "trial 99" in gated["reason"] and "10.0 points below" in gated["reason"]
+    assert "distill" not in gated["durations"] and gated["curve"] == [] and gated["artefact"] is None
+    assert gated["stopped"]["accuracy"] == first["proxy"] and gated["probe_from"] == first.get("probe_from", 40)
+    # a wider gate than the lead, or none, lets the same structure train
+    for number, gate in ((42, 15.0), (43, None)):
+        kept = run_trial(_spec(prepared, number, lr(1e-4 * (number - 38)), search_cfg={"proxy_gate": gate}))
+        assert kept["state"] == "complete" and "stopped" not in kept and kept["curve"], (kept["durations"], kept.get("cache"))

@@ -78,7 +78,8 @@ def cpu_trained(tmp_path_factory):
         "budget": {"max_latency_ms": None, "max_size_mb": None, "max_accuracy_drop": None},
         "device": {"type": "cpu", "threads": 1, "warmup": 2, "repeats": 5, "rounds": 1},
         "train": {"device": "cpu"},
-        "search": {"sampler": "random", "trials": 2, "timeout": None, "seed": 0, "early_stop": "none"},
+        "search": {"sampler": "random", "trials": 2, "timeout": None, "seed": 0, "early_stop": "none",
+                   "proxy_gate": None},
     })
     search = Search(config=config, run_dir=tmp / "run")
     search.validate()

@@ -302,6 +302,12 @@ class SearchConfig(_Strict):
             those figures, in seconds instead of minutes.
         latency_margin: How far (fraction) over ``budget.max_latency_ms`` a structural probe
             must measure before it is stopped (latency noise is ~20 % on small VMs).
+        proxy_gate: Which structures earn a fine-tune: a new structure (a trial at the ladder's
+            first rung) whose proxy (top-1 after BatchNorm recalibration, probed beside its latency
+            and size) is more than this many points below that of another structure probed in
+            this run that meets the budget and is no larger and no slower (within
+            ``latency_margin``) is stopped before training (``stopped.stage: proxy``). ``null``
+            fine-tunes every structure that meets the budget.
         early_stop: Multi-fidelity stopping on the fine-tune's per-epoch accuracy: ``none``;
             ``budget`` stops a trial that cannot reach the accuracy floor (base minus the
             allowed drop) given the largest gain finished trials on the same schedule made
@@ -355,6 +361,7 @@ class SearchConfig(_Strict):
     warm_start: bool = True
     structure_first: bool = True
     latency_margin: float = Field(default=0.1, ge=0.0, le=10.0)
+    proxy_gate: float | None = Field(default=5.0, ge=0.0, le=100.0)
     early_stop: Literal["none", "budget", "front", "halving"] = "front"
     cache: bool = True
     cache_mb: float = Field(default=2000.0, ge=0.0)

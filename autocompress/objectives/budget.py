@@ -7,6 +7,7 @@ Each question about the budget has one answer here:
 * :func:`within_budget`: whether measured figures meet the budget (inside a trial, where the
   accuracy floor may not be known).
 * :func:`structure_verdict`: whether a structure, measured before any training, can ever meet it.
+* :func:`proxy_verdict`: whether one that can is worth its fine-tune, beside the others probed.
 * :func:`probe_problem` and :func:`refusal`: the pure part of the check before a search, given the
   base's figures and those probed for the most compressed structure.
 * :func:`required_metrics`: the figures a complete trial must carry for the run.
@@ -149,6 +150,47 @@ def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float)
         if limit is not None and value is not None and value > limit * margin:
             return f"{value:.3f} {unit} > budget {limit} {unit} (+{latency_margin:.0%} margin) before fine-tuning"
     return None
+
+
+def proxy_verdict(metrics: Mapping[str, Any], proxy: float | None, others: Iterable[Mapping[str, Any]], *,
+                  budget, latency_margin: float, gate: float | None) -> str | None:
+    """Why a structure that meets the budget does not earn a fine-tune, or ``None``.
+
+    It does not when another probed structure that meets the budget too, is no larger and no slower
+    (within ``latency_margin``) scores a proxy more than ``gate`` points higher: fine-tuning the
+    rival is the better use of the time.
+
+    Args:
+        metrics: The structure's probed figures.
+        proxy: Its proxy score (``None``: never gated).
+        others: Other probes (``metrics``, ``proxy`` and ``trial`` each).
+        budget: The run's ``BudgetConfig``.
+        latency_margin: Latency noise allowed when comparing speed (``0.1`` = 10 %).
+        gate: Points of proxy a rival must lead by (``None``: no gate).
+    """
+    if gate is None or proxy is None:
+        return None
+
+    def speed(m: Mapping[str, Any]) -> tuple[str, float | None]:
+        ratio = m.get("latency_vs_base_pooled") or m.get("latency_vs_base")
+        return ("x", ratio) if ratio is not None else ("ms", m.get("latency_ms"))
+
+    unit, mine = speed(metrics)
+    best = None
+    for other in others:
+        m, score = other.get("metrics") or {}, other.get("proxy")
+        their_unit, theirs = speed(m)
+        if (score is None or score <= proxy + gate or m.get("size_mb") is None or metrics.get("size_mb") is None
+                or m["size_mb"] > metrics["size_mb"] or their_unit != unit or mine is None or theirs is None
+                or theirs > mine * (1 + latency_margin) or structure_verdict(m, budget, latency_margin)):
+            continue
+        if best is None or score > best.get("proxy"):
+            best = other
+    if best is None:
+        return None
+    return (f"proxy {proxy:.1f} % is {best['proxy'] - proxy:.1f} points below trial {best.get('trial')}'s structure "
+            f"({best['proxy']:.1f} %), which is no larger and no slower: not worth a fine-tune "
+            f"(search.proxy_gate {gate:g})")
 
 
 def probe_problem(budget, probe: Mapping[str, Any], base: Mapping[str, Any], *, desc: str, runtime: str,

@@ -124,6 +124,15 @@ class ProbeMemo:
     def put(self, probe: dict, trial: int) -> None:
         self.memo.put(self.key, (), {**probe, "trial": trial})
 
+    def others(self) -> list[dict]:
+        """The figures of every other structure probed in this run (each with its ``trial``)."""
+        found = []
+        for key in self.memo.keys():
+            entry = self.memo.get(key) if key != self.key else None
+            if entry is not None and {"metrics", "trial"} <= entry.meta.keys():
+                found.append(dict(entry.meta))
+        return found
+
 
 class LatencyHistory:
     """Every ``latency_vs_base`` this run measured for one structure (``RUN/cache/latency``): artefacts of

@@ -38,7 +38,7 @@ from autocompress.measure import (
     top1,
 )
 from autocompress.models import FitCheckpoint, FitState, NotCheckpointable, Rung, TimeUp, create_model
-from autocompress.objectives import metric_keys, required_metrics, structure_verdict, within_budget
+from autocompress.objectives import metric_keys, proxy_verdict, required_metrics, structure_verdict, within_budget
 from autocompress.plugin import (
     NONE,
     STAGE_ORDER,
@@ -507,9 +507,26 @@ class _Trial:
         self.rule.position = self.rule.position_of(probe["metrics"])
         verdict = verdict_of(probe["metrics"])
         if not verdict:
-            return None
+            return self.gate(probe, probes)
         probe.update(self.out, artefact=None, stopped={"stage": "structure", "reason": verdict})
         return _counted(probe, self.teacher_outputs)
+
+    def gate(self, probe: dict, probes: ProbeMemo | None) -> dict[str, Any] | None:
+        """Whether a structure that meets the budget earns its fine-tune (``search.proxy_gate``): the
+        record of a trial stopped here, as ``pruned``, when another probed structure no larger and no
+        slower scores a clearly better proxy; else ``None``. Only a fine-tune's first rung is gated: a
+        promoted trial has already earned its place among peers."""
+        search = self.config.search
+        if probes is None or search.proxy_gate is None or (self.ladder is not None and self.ladder["index"] > 0):
+            return None
+        reason = proxy_verdict(probe["metrics"], probe.get("proxy"), probes.others(), budget=self.config.budget,
+                               latency_margin=search.latency_margin, gate=search.proxy_gate)
+        if reason is None:
+            return None
+        self.log(f"not fine-tuned: {reason}")
+        self.out.update(state="pruned", reason=reason, artefact=None, stopped={
+            "stage": "proxy", "accuracy": probe["proxy"], "rule": "proxy", "reason": reason})
+        return _counted(self.out, self.teacher_outputs)
 
     def train_and_measure(self) -> dict[str, Any]:
         """The fine-tuning stages (or their module from the memo), the quantizer, then the export
