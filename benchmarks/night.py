@@ -26,6 +26,11 @@ Each part is its own command, to run as a background job with nothing CPU-heavy 
         at its default unless ``--no-first-structures``. Writes OUT/NAME/arm.json
         (start, end, wall seconds, command, exit status) and OUT/NAME/search.log.
         The hours plus ~5 min (data, the base on two runtimes, the budget check).
+    python benchmarks/night.py matched NAME --trial N [--arm search] [--hours 0.2]
+        The lineage check at equal length: an arm whose space is fixed to trial N's configuration (of
+        arm ``--arm``) with ``search.lineage: false``, so the same pruning, KD parameters, rungs and
+        quantizer start from the base; ``report`` then sets each lineage trial beside the best such trial
+        of the same pruning and epochs. Trial N's rungs plus ~3 min.
     python benchmarks/night.py report
         Reads OUT/hand.json and every OUT/*/arm.json with its run folder; writes OUT.md
         (``benchmarks/results/night.md`` by default) and prints it: base, hand pipeline, NNCF int8
@@ -395,6 +400,29 @@ def run_arm(folder: Path, space: dict[str, Any], raw: dict[str, Any], *, label: 
     return 0 if rc == 0 else 1
 
 
+def matched(args: argparse.Namespace) -> int:
+    """An arm fixed to one trial's configuration, with lineage off (each fine-tune starts from the base)."""
+    from autocompress.store.run_folder import RunFolder
+
+    source = args.out / args.arm / "run"
+    record = next((r for r in RunFolder(source).trials() if r.get("number") == args.trial), None)
+    if record is None:
+        print(f"matched: no trial {args.trial} in {source}")
+        return 2
+    choices = record["choices"]
+    space: dict[str, Any] = {}
+    for stage in ("prune", "distill", "quantize"):
+        name, params = (choices.get(stage) or ["none", {}])[:2]
+        space[stage] = {name: {k: v for k, v in params.items() if not (stage == "distill" and k == "epochs")}}
+    raw = run_config(max_samples=args.max_samples, hours=args.hours, space=None)
+    raw["device"]["runtime"] = [choices["runtime"][0]]
+    # a one-point space: the first trial climbs the rungs by promotion; later ones repeat it (re-timed only)
+    raw["search"].update(lineage=False, first_structures=False, trials=6)
+    return run_arm(args.out / args.name, space, raw, label=f"trial {args.trial} of {args.arm}, lineage off",
+                   info={"name": args.name, "control": False, "matched": {"arm": args.arm, "trial": args.trial},
+                         "hours": args.hours, "max_samples": args.max_samples})
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 def _finish(r: dict) -> float:
@@ -719,6 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", action="store_true", help="the control arm: search.rungs null, epochs searched")
     p.add_argument("--no-first-structures", action="store_true",
                    help="also write search.first_structures: false (where the schema has it)")
+    p = sub.add_parser("matched", help="an arm fixed to one trial's configuration, lineage off")
+    p.add_argument("name")
+    common(p)
+    p.add_argument("--trial", type=int, required=True, help="the trial whose configuration the arm repeats")
+    p.add_argument("--arm", default="search", help="the arm that trial belongs to (default search)")
+    p.add_argument("--hours", type=float, default=0.2, help="wall time (default 0.2)")
     p = sub.add_parser("report", help="the table and the target check")
     common(p, samples=False)
     p.add_argument("--md", type=Path, default=None, help="markdown file (default OUT.md: benchmarks/results/night.md)")
@@ -742,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
             return arm(args)
         if args.command == "report":
             return report(args)
+        if args.command == "matched":
+            return matched(args)
         started = time.time()
         rc = hand(args)
         for name, control in (("search", False), ("control", True)):
