@@ -207,6 +207,14 @@ def fastnas(args: argparse.Namespace) -> int:
 
 # -- report ----------------------------------------------------------------------------------------
 
+def _pct(value: float | None) -> str:
+    return "not read (front models only)" if value is None else f"{value:.2f}"
+
+
+def _pp(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
 def _ranks(rows: list[dict]) -> tuple[int, float | None]:
     from scipy.stats import spearmanr
 
@@ -257,14 +265,15 @@ def report(args: argparse.Namespace) -> int:
             m = best["metrics"]
             test = m.get("test_accuracy")
             lines.append(f"| {a['name']}, best within latency and size (not feasible) | {best['number']} | "
-                         f"{describe(best['choices'])} | {test if test is not None else float('nan'):.2f} | "
-                         f"{(test - bm['test_accuracy']) if test is not None else float('nan'):+.2f} | "
+                         f"{describe(best['choices'])} | {_pct(test)} | "
+                         f"{_pp(test - bm['test_accuracy'] if test is not None else None)} | "
                          f"{bm['size_mb'] / m['size_mb']:.1f} | {1 / best['_ratio']:.2f} | no "
                          f"({m.get('accuracy') or float('nan'):.2f} %) | {night._hms(best['_t'])} |")
     if peer:
         base_test = next((a["base"]["metrics"].get("test_accuracy") for a in arms if a["name"] == peer["arm"]), None)
         r = peer["latency_vs_base"]
-        lines.append(f"| FastNAS peer (at trial {peer['matched_trial']}'s MACs) | | {peer['fastnas']['constraint']}, "
+        lines.append(f"| FastNAS peer (at trial {peer['matched_trial']}'s MACs; speed from its own timing run) | | "
+                     f"{peer['fastnas']['constraint']}, {peer['fastnas']['params']:,} params, "
                      f"{peer['fine_tune']['plugin']} {peer['fine_tune']['params']['epochs']:g} epochs, "
                      f"{peer['quantize']['plugin']} @{peer['quantize']['runtime']} | {peer['test_top1']:.2f} | "
                      f"{(peer['test_top1'] - base_test) if base_test is not None else float('nan'):+.2f} | "
