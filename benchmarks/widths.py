@@ -215,6 +215,18 @@ def _pp(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
+def search_time(a: dict, r: dict) -> float | None:
+    """Seconds of search before the record finished, from the arm's start; a resumed run's idle gap left out
+    (its clock restarts at the resumed base measurement, ``base.json``)."""
+    info, finished = a["info"], night._finish(r) if r.get("started") else None
+    if finished is None or not info.get("started"):
+        return r.get("_t")
+    first_end = info.get("finished") or finished
+    if finished <= first_end:
+        return finished - info["started"]
+    return (first_end - info["started"]) + (finished - a["base"].get("started", first_end))
+
+
 def _ranks(rows: list[dict]) -> tuple[int, float | None]:
     from scipy.stats import spearmanr
 
@@ -238,7 +250,7 @@ def report(args: argparse.Namespace) -> int:
               f"ONNX Runtime and OpenVINO, {night.THREADS} threads, batch 1) with the target as the budget: drop <= "
               f"{WITHIN_PP:g} pp, latency <= {BUDGET['max_latency_vs_base']}x the base, <= {BUDGET['max_size_mb']} MB "
               f"(the base's {BASE_ONNX_MB:.2f} MB / {SMALLER:g}). Top-1 below is on the held-out test half."), "",
-             "| arm | trial | configuration | test top-1 % | vs base pp | x smaller | x faster | feasible (val) | at |",
+             "| arm | trial | configuration | test top-1 % | vs base pp | x smaller | x faster | feasible (val) | at (search time) |",
              "|---|---:|---|---:|---:|---:|---:|---|---|"]
     hits = []
     for a in arms:
@@ -259,7 +271,7 @@ def report(args: argparse.Namespace) -> int:
                          f"{test if test is not None else float('nan'):.2f} | "
                          f"{drop if drop is not None else float('nan'):+.2f} | {smaller:.1f} | "
                          f"{faster or float('nan'):.2f} | yes ({m.get('accuracy') or float('nan'):.2f} %) | "
-                         f"{night._hms(r.get('_t'))} |")
+                         f"{night._hms(search_time(a, r))} |")
         best = ours(a)
         if best is not None and not any(row["number"] == best["number"] for row in a["pareto"].get("front", [])):
             m = best["metrics"]
@@ -268,7 +280,7 @@ def report(args: argparse.Namespace) -> int:
                          f"{describe(best['choices'])} | {_pct(test)} | "
                          f"{_pp(test - bm['test_accuracy'] if test is not None else None)} | "
                          f"{bm['size_mb'] / m['size_mb']:.1f} | {1 / best['_ratio']:.2f} | no "
-                         f"({m.get('accuracy') or float('nan'):.2f} %) | {night._hms(best['_t'])} |")
+                         f"({m.get('accuracy') or float('nan'):.2f} %) | {night._hms(search_time(a, best))} |")
     if peer:
         base_test = next((a["base"]["metrics"].get("test_accuracy") for a in arms if a["name"] == peer["arm"]), None)
         r = peer["latency_vs_base"]
@@ -283,6 +295,11 @@ def report(args: argparse.Namespace) -> int:
             lines += ["", (f"Peer latency run (interleaved, same machine): FastNAS {r['fastnas']:.3f}x, our trial "
                            f"{peer['matched_trial']} {r['ours']:.3f}x the base. FastNAS searched {peer['fastnas']['seconds']:g} s; "
                            f"fine-tune {peer['fine_tune']['seconds']:g} s ({peer['fine_tune']['schedule']}).")]
+    for a in arms:
+        if a["base"].get("started") and a["info"].get("finished") and a["base"]["started"] > a["info"]["finished"]:
+            lines += ["", (f"The {a['name']} arm was resumed after its {a['info'].get('hours')} h (`autocompress search "
+                           f"--resume`): {night._hms(a['info']['finished'] - a['info']['started'])} in its first "
+                           f"session; times count search time only.")]
     lines += ["", ("x smaller: the base's size on disk over the model's; x faster: 1 / the trial's latency ratio to the run's "
                    "reference base timed beside it (pooled over every measurement of the structure where recorded)."), ""]
 
