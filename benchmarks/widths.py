@@ -228,12 +228,9 @@ def search_time(a: dict, r: dict) -> float | None:
 
 
 def _ranks(rows: list[dict]) -> tuple[int, float | None]:
-    from scipy.stats import spearmanr
+    from proxy import spearman  # benchmarks/proxy.py: Spearman's rho, None under 3 pairs or with no spread
 
-    if len(rows) < 3:
-        return len(rows), None
-    rho = spearmanr([r["proxy"] for r in rows], [r["metrics"]["accuracy"] for r in rows]).statistic
-    return len(rows), (None if rho != rho else float(rho))
+    return len(rows), spearman([r["proxy"] for r in rows], [r["metrics"]["accuracy"] for r in rows])
 
 
 def report(args: argparse.Namespace) -> int:

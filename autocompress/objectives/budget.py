@@ -52,6 +52,13 @@ def required_metrics(config) -> set[str]:
     return needed
 
 
+def _latency_ratio(metrics: Mapping[str, Any]) -> float | None:
+    """The latency ratio to the base the budget is judged on: the median over every measurement of the
+    structure (``latency_vs_base_pooled``) where the run has one, else this measurement's."""
+    pooled = metrics.get("latency_vs_base_pooled")
+    return pooled if pooled is not None else metrics.get("latency_vs_base")
+
+
 def constraints(record: Mapping[str, Any], budget, base_accuracy: float) -> dict[str, float]:
     """Constraint values (feasible when every value is <= 0) of a finished record.
 
@@ -77,7 +84,7 @@ def constraints(record: Mapping[str, Any], budget, base_accuracy: float) -> dict
         limit = getattr(budget, field, None)
         if limit is not None and m.get(key) is not None:
             out[_CONSTRAINT_NAMES[field]] = m[key] / limit - 1.0
-    ratio = m.get("latency_vs_base_pooled") if m.get("latency_vs_base_pooled") is not None else m.get("latency_vs_base")
+    ratio = _latency_ratio(m)
     if budget.max_latency_vs_base is not None and ratio is not None:
         out["latency_vs_base"] = ratio / budget.max_latency_vs_base - 1.0
     if budget.max_accuracy_drop is not None:
@@ -137,7 +144,7 @@ def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float)
     if budget.max_latency_ms is not None and metrics["latency_ms"] > budget.max_latency_ms * margin:
         return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")
-    ratio = metrics.get("latency_vs_base_pooled") or metrics.get("latency_vs_base")
+    ratio = _latency_ratio(metrics)
     if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
         return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")
@@ -168,23 +175,23 @@ def proxy_verdict(metrics: Mapping[str, Any], proxy: float | None, others: Itera
         latency_margin: Latency noise allowed when comparing speed (``0.1`` = 10 %).
         gate: Points of proxy a rival must lead by (``None``: no gate).
     """
-    if gate is None or proxy is None:
-        return None
 
     def speed(m: Mapping[str, Any]) -> tuple[str, float | None]:
-        ratio = m.get("latency_vs_base_pooled") or m.get("latency_vs_base")
+        ratio = _latency_ratio(m)
         return ("x", ratio) if ratio is not None else ("ms", m.get("latency_ms"))
 
     unit, mine = speed(metrics)
+    if gate is None or proxy is None or mine is None or metrics.get("size_mb") is None:
+        return None
     best = None
     for other in others:
         m, score = other.get("metrics") or {}, other.get("proxy")
         their_unit, theirs = speed(m)
-        if (score is None or score <= proxy + gate or m.get("size_mb") is None or metrics.get("size_mb") is None
-                or m["size_mb"] > metrics["size_mb"] or their_unit != unit or mine is None or theirs is None
-                or theirs > mine * (1 + latency_margin) or structure_verdict(m, budget, latency_margin)):
+        if (score is None or score <= proxy + gate or m.get("size_mb") is None or m["size_mb"] > metrics["size_mb"]
+                or their_unit != unit or theirs is None or theirs > mine * (1 + latency_margin)
+                or structure_verdict(m, budget, latency_margin)):
             continue
-        if best is None or score > best.get("proxy"):
+        if best is None or score > best["proxy"]:
             best = other
     if best is None:
         return None
