@@ -235,3 +235,33 @@ def test_a_promoted_fine_tune_stopped_after_training_still_records_that_it_conti
     assert first.state == "complete"  # below the top rung: measured, never stopped on its curve
     assert promoted.state == "pruned" and promoted.stopped.after_training
     assert promoted.rung.promoted_from == 0 and promoted.rung.continued
+
+
+def test_first_structures_are_probed_beside_the_base_and_fine_tuned_with_the_probed_quantizer(tmp_path,
+                                                                                          tiny_config_dict):
+    space = {"prune": {"channel_prune": {"ratio": {"low": 0.2, "high": 0.4, "step": 0.1}}},
+             "distill": {"logit_kd": {}},
+             "quantize": {"int8_static": {"keep_first_last_float": [True, False], "calibration": ["percentile",
+                                                                                                  "minmax"]}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "budget": {**tiny_config_dict["budget"], "max_latency_vs_base": 100.0}}
+    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
+    search.validate()
+    search.prepare()
+    probe = search._probe({"prune": ("channel_prune", {"ratio": 0.3}), "distill": ("none", {}),
+                           "quantize": ("int8_static", {"keep_first_last_float": False})})
+    # timed in the same window as the base, like a trial: the machine's speed drifts over a night
+    assert probe.base_latency_same_window is not None
+    assert probe.metrics.latency_vs_base == pytest.approx(
+        probe.metrics.latency_ms / probe.base_latency_same_window.median_ms, rel=1e-3)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    search._first_structures(study)
+    fixed = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0].system_attrs["fixed_params"]
+    assert fixed["quantize.int8_static.keep_first_last_float"] is False  # queued, not left to the sampler
+    assert "quantize.int8_static.calibration" not in fixed
+    first = search.space.suggest(study.ask(), search.registry)
+    assert first["prune"][1]["ratio"] == 0.2  # every ratio meets a budget of 100x: the least pruning goes first
+    # the quantizer's structural parameter as probed (the most compressing, listed second here); the
+    # calibration, which leaves the structure alone, is the sampler's
+    assert first["quantize"][0] == "int8_static" and first["quantize"][1]["keep_first_last_float"] is False
+    assert "the reference timed beside it" in (tmp_path / "out" / "run.log").read_text()

@@ -344,6 +344,10 @@ class SearchConfig(_Strict):
             (the highest such ratio, then the most accurate), pruned further to its own ratio, instead
             of from the base; its record names the parent. Needs ``cache`` (the parent's model is
             read from the model cache).
+        sweep: When a fine-tune finishes at the ladder's top rung (or without a ladder) within twice the
+            allowed drop of the base, its fine-tuned model (from the model cache) is quantized and
+            measured with every other quantizer option on every target runtime, at the parameters
+            the first-structure probes use: seconds each, no training. Needs ``cache``.
     """
 
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
@@ -370,6 +374,7 @@ class SearchConfig(_Strict):
     decay: float = Field(default=0.2, gt=0.0, lt=1.0)
     first_structures: bool = True
     lineage: bool = True
+    sweep: bool = True
 
     @field_validator("rungs")
     @classmethod

@@ -837,7 +837,7 @@ def _time(artefact: Artefact, predict, *, spec: TrialSpec, config: RunConfig, ru
     predictors = {"trial": predict}
     base_runtime = runtime if config.device.agents else _reference_runtime(spec.run_dir, runtime)
     base_path = Path(spec.run_dir) / "base" / f"model{base_runtime.suffix}"
-    if spec.number >= 0 and base_path.exists():
+    if spec.number != -1 and base_path.exists():  # trials and the search's probes (-2): beside the base
         predictors[BASE] = _base_predictor(str(base_path), base_runtime.name, threads, device.type,
                                            base_path.stat().st_mtime)
     meter, no_energy = energy_meter(device.type) if not config.device.agents else (None, AGENT_NO_ENERGY)

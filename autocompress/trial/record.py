@@ -238,6 +238,8 @@ class TrialRecord(_Part):
         continued_from: A fine-tune stopped at the time limit that this trial continued.
         rung: The trial's rung of the fidelity ladder, and the trial it was promoted from.
         lineage: The less compressed trial whose fine-tuned model this one pruned further.
+        swept_from: The trial whose fine-tuned model this one quantized with another quantizer or
+            runtime, with no training (``search.sweep``).
         proxy: Top-1 % of the untrained structure after BatchNorm recalibration (a cheap score probed
             before fine-tuning, :func:`autocompress.measure.recalibrated_top1`), where it was probed.
         by_runtime: The base's figures on each target runtime (``base.json`` only).
@@ -287,6 +289,7 @@ class TrialRecord(_Part):
     continued_from: ContinuedFrom | None = None
     rung: RungUse | None = None
     lineage: LineageUse | None = None
+    swept_from: int | None = None
     proxy: float | None = None
     by_runtime: dict[str, Metrics] | None = None
     plugin_log: list[str] = Field(default_factory=list)

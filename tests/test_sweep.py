@@ -1,0 +1,87 @@
+"""Every quantizer on a finished fine-tune (search.sweep, issue 18): a fine-tune is the unit of cost, so once
+one finishes its model is quantized with the space's other quantizers and runtimes, with no training.
+Real tiny models on digits."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from conftest import write_yaml
+
+from autocompress.config import load_config
+from autocompress.search import Search
+from autocompress.trial import TrialRecord, read_trials
+
+
+@pytest.fixture
+def sweep_config(tmp_path, tiny_config_dict):
+    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
+             "quantize": {"none": {}, "int8_static": {"calibration": ["percentile", "minmax"],
+                                                      "calibration_batches": {"low": 2, "high": 4, "step": 2}}},
+             "warm_start": [{"quantize": "none"}]}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "search": {**tiny_config_dict["search"], "trials": 2, "rungs": None}}
+    return load_config(write_yaml(tmp_path / "run.yaml", cfg))
+
+
+def test_a_finished_fine_tune_is_quantized_with_the_other_quantizers_without_training(tmp_path, sweep_config):
+    run = tmp_path / "out"
+    Search(config=sweep_config, run_dir=run).search()
+    first, swept = read_trials(run)
+    assert first.state == swept.state == "complete"
+    assert first.choices["quantize"][0] == "none" and first.cache.stored and first.swept_from is None
+    assert swept.swept_from == 0
+    assert swept.choices["quantize"] == ["int8_static", {"calibration": "percentile", "calibration_batches": 2}]
+    assert swept.choices["distill"] == first.choices["distill"]  # the same recipe, so the same cached model
+    assert swept.cache.hit and swept.cache.from_trial == 0
+    assert swept.curve == first.curve  # the fine-tune's curve, not a new one
+    assert not any(k.startswith("distill") for k in swept.durations)  # and no training step ran
+    assert swept.metrics.precision == "int8"
+    assert "sweep: trial 0's fine-tuned model queued with 1" in (run / "run.log").read_text()
+
+
+def _finished(number: int, accuracy: float, *, index: int | None = 2, stored: bool = True,
+              stopped: bool = False) -> TrialRecord:
+    parts = {"metrics": {"accuracy": accuracy, "latency_ms": 1.0, "size_bytes": 1000, "size_mb": 0.001,
+                         "params": 1, "precision": "fp32", "runtime": "onnxruntime"},
+             "cache": {"key": f"k{number}", "hit": not stored, "kind": "model", "stored": stored}}
+    if index is not None:
+        parts["rung"] = {"index": index, "epochs": [1.0, 3.0, 9.0][index]}
+    if stopped:
+        parts["stopped"] = {"stage": "distill", "reason": "under the floor"}
+    return TrialRecord.measured(number=number, started=time.time(), host=None, structure_only=False, parts=parts,
+                                choices={"prune": ["none", {}], "distill": ["logit_kd", {"lr": 0.003, "epochs": 9.0}],
+                                         "quantize": ["none", {}]})
+
+
+@pytest.mark.parametrize("record, expected", [
+    (_finished(0, 79.5), 1),                  # the top rung, within twice the allowed drop: swept
+    (_finished(1, 79.5, index=1), 0),         # a lower rung: its promotion is swept instead
+    (_finished(2, 79.5, stored=False), 0),    # read from the cache: a variant, or a repeat, trained nothing
+    (_finished(3, 79.5, stopped=True), 0),    # stopped early: no model was kept
+    (_finished(4, 77.9), 0),                  # more than twice the allowed drop (2 x 1 pp) under the base
+])
+def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, tiny_config_dict, record, expected):
+    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
+             "quantize": {"none": {}, "int8_static": {"calibration": ["percentile", "minmax"]}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "budget": {**tiny_config_dict["budget"], "max_accuracy_drop": 1.0},
+           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
+    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
+    search.validate()
+    search.run.path.mkdir()
+    search.base = _finished(-1, 80.0, index=None)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    assert search._sweep(study, record, None) == expected
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == expected
+    if expected:
+        assert waiting[0].user_attrs["sweep"] == {"from": record.number, "rung": 2}
+        assert search._sweep(study, record, None) == 0  # the same variant is not queued twice
+        variant = search.space.suggest(study.ask(), search.registry)
+        assert variant["quantize"][0] == "int8_static" and variant["quantize"][1]["calibration"] == "percentile"
+        assert variant["distill"][1]["lr"] == 0.003
+    search.config.search.sweep = False
+    assert search._sweep(optuna.create_study(directions=["maximize"] * 3), _finished(5, 79.5), None) == 0
