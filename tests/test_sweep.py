@@ -85,3 +85,27 @@ def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, ti
         assert variant["distill"][1]["lr"] == 0.003
     search.config.search.sweep = False
     assert search._sweep(optuna.create_study(directions=["maximize"] * 3), _finished(5, 79.5), None) == 0
+
+
+def test_with_two_runtimes_every_other_quantizer_on_each_is_queued(tmp_path, tiny_config_dict):
+    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
+             "quantize": {"none": {}, "int8_static": {}, "nncf_int8": {}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "device": {**tiny_config_dict["device"], "runtime": ["onnxruntime", "openvino"]},
+           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
+    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
+    search.validate()
+    search.run.path.mkdir()
+    search.base = _finished(-1, 80.0, index=None)
+    record = _finished(0, 79.5)
+    record.choices["runtime"] = ["onnxruntime", {}]
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    assert search._sweep(study, record, None) == 3
+    variants = []
+    for _ in range(3):
+        choices = search.space.suggest(study.ask(), search.registry)
+        variants.append((choices["runtime"][0], choices["quantize"][0]))
+        if choices["quantize"][0] == "nncf_int8":
+            assert choices["quantize"][1]["ignore_first_last"] is False  # the most compressing
+    # every quantizer on each runtime but the trial's own (none on onnxruntime)
+    assert sorted(variants) == [("onnxruntime", "int8_static"), ("openvino", "nncf_int8"), ("openvino", "none")]
