@@ -747,7 +747,6 @@ class Search:
         base_ms = (self.base.by_runtime or {}).get(runtime, self.base.metrics).latency_ms if runtime \
             else self.base.metrics.latency_ms
         reference = self.base.metrics.latency_ms  # the budget's ratio is to the base on its fastest runtime
-        margin = self.config.search.latency_margin
 
         def meets(value: float) -> bool:
             choices = {"prune": (prune, {**fixed, param: _at(value, size)}), "distill": (NONE, {}),
@@ -763,9 +762,7 @@ class Search:
             beside = m.get("latency_vs_base") is not None
             if not beside:
                 m["latency_vs_base"] = m["latency_ms"] / reference
-            # judged as the trial's own structure step judges it, within search.latency_margin: one
-            # untrained measurement is noisy, and the trial's pooled ratio settles it
-            verdict = structure_verdict(m, self.config.budget, margin)
+            verdict = structure_verdict(m, self.config.budget, 0.0)  # a first structure meets the budget
             ratio = m.get("latency_vs_base_pooled") or m["latency_vs_base"]
             self.log(f"first structures: probe {prune} {param}={value:g} + {quantizer}"
                      + (f" on {runtime}" if runtime else "") + f": {m['latency_ms']:.3f} ms "
