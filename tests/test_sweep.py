@@ -12,6 +12,7 @@ from conftest import write_yaml
 
 from autocompress.config import load_config
 from autocompress.search import Search
+from autocompress.search.controller import load_resume
 from autocompress.trial import TrialRecord, read_trials
 
 
@@ -74,17 +75,18 @@ def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, ti
     search.run.path.mkdir()
     search.base = _finished(-1, 80.0, index=None)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    assert search._sweep(study, record, None) == expected
+    assert search._sweep(record, None) == expected
+    assert search._next_sweep(study) is bool(expected)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == expected
     if expected:
         assert waiting[0].user_attrs["sweep"] == {"from": record.number, "rung": 2}
-        assert search._sweep(study, record, None) == 0  # the same variant is not queued twice
+        assert search._sweep(record, None) == 0  # the same variant is not queued twice
         variant = search.space.suggest(study.ask(), search.registry)
         assert variant["quantize"][0] == "int8_static" and variant["quantize"][1]["calibration"] == "percentile"
         assert variant["distill"][1]["lr"] == 0.003
     search.config.search.sweep = False
-    assert search._sweep(optuna.create_study(directions=["maximize"] * 3), _finished(5, 79.5), None) == 0
+    assert search._sweep(_finished(5, 79.5), None) == 0
 
 
 def test_with_two_runtimes_every_other_quantizer_on_each_is_queued(tmp_path, tiny_config_dict):
@@ -100,12 +102,28 @@ def test_with_two_runtimes_every_other_quantizer_on_each_is_queued(tmp_path, tin
     record = _finished(0, 79.5)
     record.choices["runtime"] = ["onnxruntime", {}]
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    assert search._sweep(study, record, None) == 3
+    assert search._sweep(record, None) == 3
     variants = []
     for _ in range(3):
+        assert search._next_sweep(study)
+        assert not search._next_sweep(study)  # one at a time: the next waits until this one is asked
         choices = search.space.suggest(study.ask(), search.registry)
         variants.append((choices["runtime"][0], choices["quantize"][0]))
         if choices["quantize"][0] == "nncf_int8":
             assert choices["quantize"][1]["ignore_first_last"] is False  # the most compressing
     # every quantizer on each runtime but the trial's own (none on onnxruntime)
     assert sorted(variants) == [("onnxruntime", "int8_static"), ("openvino", "nncf_int8"), ("openvino", "none")]
+
+
+def test_a_resumed_search_runs_the_variants_a_stopped_one_had_queued(tmp_path, sweep_config):
+    run = tmp_path / "out"
+    sweep_config.search.trials = 1  # stops as soon as the fine-tune is measured: its variant is queued, not run
+    Search(config=sweep_config, run_dir=run).search()
+    assert [r.number for r in read_trials(run)] == [0]
+    assert len(optuna.load_study(study_name=sweep_config.search.study_name or run.name,
+                                 storage=f"sqlite:///{run / 'study.db'}").trials) == 1  # none left half-asked
+    resumed = load_resume(run)
+    resumed.search.trials = 2
+    Search(config=resumed, run_dir=run).search()
+    first, swept = read_trials(run)
+    assert swept.swept_from == 0 and swept.choices["quantize"][0] == "int8_static" and swept.cache.hit

@@ -109,6 +109,8 @@ class Search:
         self.progress = Progress(total=config.search.trials, timeout=config.search.timeout)
         self._stop = False
         self._promoted: set[int] = set()  # trials promoted a rung up (finished, running or waiting)
+        self._sweeps: list[tuple[dict, dict]] = []  # search.sweep variants to enqueue: (params, user attrs)
+        self._swept: set[str] = set()  # every variant queued by this process (its params as JSON)
         self.normalisation_note = ""
 
     def log(self, line: str) -> None:
@@ -613,15 +615,17 @@ class Search:
 
     # -- every quantizer on a finished fine-tune (search.sweep) ----------------------------
 
-    def _sweep(self, study: optuna.Study, record: TrialRecord, lineage: dict | None) -> int:
-        """Enqueues ``record``'s fine-tuned model with every other quantizer option on every target
-        runtime (:attr:`SearchConfig.sweep`); returns how many were enqueued.
+    def _sweep(self, record: TrialRecord, lineage: dict | None, *, quiet: bool = False) -> int:
+        """Queues ``record``'s fine-tuned model with every other quantizer option on every target
+        runtime (:attr:`SearchConfig.sweep`); returns how many variants were queued.
 
         The fine-tune is the unit of cost and post-training quantization takes seconds, so a finished one
         is not left to the sampler to pair again with the same recipe. A variant keeps the trial's pruning
         and fine-tuning parameters, rung and lineage (so it reads the same model from the cache) and takes
         the quantizer's parameters at their most compressing values (:meth:`_probe_params`); its user
-        attr ``sweep`` names the trial. Variants of variants are not made (they trained nothing).
+        attr ``sweep`` names the trial. Variants of variants are not made (they trained nothing). The
+        study gets them one at a time, when nothing else waits (:meth:`_next_sweep`), so a search that
+        stops leaves none behind half-asked.
         """
         search, budget = self.config.search, self.config.budget
         cache = record.cache
@@ -659,16 +663,28 @@ class Search:
                     values = _warm_params(0, item, self.space)
                 except UserError:  # a pairing the space does not allow (e.g. a quantizer left out after pruning)
                     continue
-                if values is None:
+                key = json.dumps(values, sort_keys=True, default=str)
+                if values is None or key in self._swept:
                     continue
-                before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-                study.enqueue_trial(values, user_attrs={"sweep": {"from": record.number, "rung": rung},
-                                                        "lineage": lineage}, skip_if_exists=True)
-                added += len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) > before
-        if added:
+                self._swept.add(key)
+                self._sweeps.append((values, {"sweep": {"from": record.number, "rung": rung}, "lineage": lineage}))
+                added += 1
+        if added and not quiet:
             self.log(f"sweep: trial {record.number}'s fine-tuned model queued with {added} other quantizer/runtime "
                      "choice(s), no training")
         return added
+
+    def _next_sweep(self, study: optuna.Study) -> bool:
+        """Enqueues the next queued sweep variant when no other trial waits; whether one was enqueued (a
+        variant the study already holds, e.g. after a resume, is skipped)."""
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return False
+        while self._sweeps:
+            values, attrs = self._sweeps.pop(0)
+            study.enqueue_trial(values, user_attrs=attrs, skip_if_exists=True)
+            if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                return True
+        return False
 
     # -- start where the budget is ---------------------------------------------------------
 
@@ -844,6 +860,10 @@ class Search:
                 deepcopy=False, states=(optuna.trial.TrialState.WAITING,)) if t.user_attrs.get("promote")}
             if not study.trials:
                 self._first_structures(study)
+            attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
+            for r in self.records.values():  # resumed: finished fine-tunes whose variants did not all run
+                used = r.lineage is not None and r.lineage.used
+                self._sweep(r, attrs.get(r.number, {}).get("lineage") if used else None, quiet=True)
             interrupted = {n for n, r in self.records.items() if r.interrupted}
             finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
             started = len(finished)
@@ -855,6 +875,7 @@ class Search:
             while True:
                 while self.executor.running() < self.executor.slots and self._can_start(started, durations):
                     self._promote(study)
+                    self._next_sweep(study)
                     trial = study.ask()
                     promote = trial.user_attrs.get("promote") or {}
                     rung_index = promote.get("rung", (trial.user_attrs.get("sweep") or {}).get("rung", 0))
@@ -887,7 +908,7 @@ class Search:
                     self._tell(study, trial, record)
                     if record.state == "complete":
                         durations.append(record.duration_s)
-                        self._sweep(study, record, trial.user_attrs.get("lineage")
+                        self._sweep(record, trial.user_attrs.get("lineage")
                                     if record.lineage and record.lineage.used else None)
                     pareto = self._write_pareto()
                     self.progress.running = len(pending)

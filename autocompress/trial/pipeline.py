@@ -514,11 +514,14 @@ class _Trial:
     def gate(self, probe: dict, probes: ProbeMemo | None) -> dict[str, Any] | None:
         """Whether a structure that meets the budget earns its fine-tune (``search.proxy_gate``): the
         record of a trial stopped here, as ``pruned``, when another probed structure no larger and no
-        slower scores a clearly better proxy; else ``None``. Only a fine-tune's first rung is gated: a
-        promoted trial has already earned its place among peers."""
+        slower scores a clearly better proxy; else ``None``. Only a fine-tune's first rung is gated (a
+        promoted trial has already earned its place among peers), and only one not in the model cache."""
         search = self.config.search
         if probes is None or search.proxy_gate is None or (self.ladder is not None and self.ladder["index"] > 0):
             return None
+        prefix = [s for s in self.steps if s[0] != Stage.QUANTIZE]
+        if ModelCache(self.memo_root / "models", max_bytes=self.memo_bytes).memo.get(self.fine_tune_key(prefix)):
+            return None  # its fine-tune is in the cache (e.g. a search.sweep variant): there is nothing to save
         reason = proxy_verdict(probe["metrics"], probe.get("proxy"), probes.others(), budget=self.config.budget,
                                latency_margin=search.latency_margin, gate=search.proxy_gate)
         if reason is None:
