@@ -52,7 +52,7 @@ def required_metrics(config) -> set[str]:
     return needed
 
 
-def _latency_ratio(metrics: Mapping[str, Any]) -> float | None:
+def latency_ratio(metrics: Mapping[str, Any]) -> float | None:
     """The latency ratio to the base the budget is judged on: the median over every measurement of the
     structure (``latency_vs_base_pooled``) where the run has one, else this measurement's."""
     pooled = metrics.get("latency_vs_base_pooled")
@@ -84,7 +84,7 @@ def constraints(record: Mapping[str, Any], budget, base_accuracy: float) -> dict
         limit = getattr(budget, field, None)
         if limit is not None and m.get(key) is not None:
             out[_CONSTRAINT_NAMES[field]] = m[key] / limit - 1.0
-    ratio = _latency_ratio(m)
+    ratio = latency_ratio(m)
     if budget.max_latency_vs_base is not None and ratio is not None:
         out["latency_vs_base"] = ratio / budget.max_latency_vs_base - 1.0
     if budget.max_accuracy_drop is not None:
@@ -144,7 +144,7 @@ def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float)
     if budget.max_latency_ms is not None and metrics["latency_ms"] > budget.max_latency_ms * margin:
         return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")
-    ratio = _latency_ratio(metrics)
+    ratio = latency_ratio(metrics)
     if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
         return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")
@@ -177,7 +177,7 @@ def proxy_verdict(metrics: Mapping[str, Any], proxy: float | None, others: Itera
     """
 
     def speed(m: Mapping[str, Any]) -> tuple[str, float | None]:
-        ratio = _latency_ratio(m)
+        ratio = latency_ratio(m)
         return ("x", ratio) if ratio is not None else ("ms", m.get("latency_ms"))
 
     unit, mine = speed(metrics)

@@ -32,6 +32,7 @@ from autocompress.objectives import (
     directions,
     front,
     is_feasible,
+    latency_ratio,
     metric_keys,
     objective_values,
     probe_problem,
@@ -573,8 +574,7 @@ class Search:
             return
         self._promoted.add(record.number)
         study.enqueue_trial(dict(frozen.params), user_attrs={"promote": {"from": record.number, "rung": rung},
-                                                             "lineage": frozen.user_attrs.get("lineage")
-                                                             if record.lineage and record.lineage.used else None})
+                                                             "lineage": _kept_lineage(record, frozen.user_attrs)})
         self.log(f"promoted trial {record.number} ({record.metrics.accuracy:.2f}% at "
                  f"{self.config.search.rungs[rung - 1]:g} epochs) to {self.config.search.rungs[rung]:g} epochs, "
                  "continuing its fine-tune")
@@ -663,8 +663,8 @@ class Search:
                     values = _warm_params(0, item, self.space)
                 except UserError:  # a pairing the space does not allow (e.g. a quantizer left out after pruning)
                     continue
-                key = json.dumps(values, sort_keys=True, default=str)
-                if values is None or key in self._swept:
+                key = json.dumps(values, sort_keys=True, default=str) if values is not None else None
+                if key is None or key in self._swept:
                     continue
                 self._swept.add(key)
                 self._sweeps.append((values, {"sweep": {"from": record.number, "rung": rung}, "lineage": lineage}))
@@ -710,8 +710,6 @@ class Search:
                     if value is not None:
                         found.append((grid.index(value), runtime, prune, {**fixed, param: _at(value, size)},
                                       quantizer))
-        # the quantizer's structural parameters as probed, so the structure fine-tuned is the one that met the
-        # budget (seen: a sampled ignore_first_last kept two layers in float, 0.5 % larger than the probe)
         added = 0
         scheduled = self.space.scheduled.get(Stage.DISTILL, {}).get(distill) if distill else None
         # the middle of each searched range: a random start-up draw at its edge (seen: the lowest learning
@@ -719,6 +717,8 @@ class Search:
         recipe = {k: _middle(v) for k, v in (self.space.stages[Stage.DISTILL][distill] if distill else {}).items()
                   if k != scheduled and isinstance(v, (list, dict))}
         for _, runtime, prune, params, quantizer in sorted(found, key=lambda f: f[0]):
+            # the quantizer's structural parameters as probed, so the structure fine-tuned is the one that met
+            # the budget (seen: a sampled ignore_first_last kept two layers in float, 0.5 % larger than the probe)
             structural = {k: v for k, v in self._probe_params(quantizer).items()
                           if k not in self.registry.get(quantizer).probe_ignores} if quantizer != NONE else {}
             item = {"prune": {prune: params}, "quantize": {quantizer: structural} if structural else quantizer,
@@ -779,7 +779,7 @@ class Search:
             if not beside:
                 m["latency_vs_base"] = m["latency_ms"] / reference
             verdict = structure_verdict(m, self.config.budget, 0.0)  # a first structure meets the budget
-            ratio = m.get("latency_vs_base_pooled") or m["latency_vs_base"]
+            ratio = latency_ratio(m)
             self.log(f"first structures: probe {prune} {param}={value:g} + {quantizer}"
                      + (f" on {runtime}" if runtime else "") + f": {m['latency_ms']:.3f} ms "
                      f"({m['latency_ms'] / base_ms:.2f}x the base's start figure on it, {ratio:.2f}x the reference"
@@ -862,8 +862,7 @@ class Search:
                 self._first_structures(study)
             attrs = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False)}
             for r in self.records.values():  # resumed: finished fine-tunes whose variants did not all run
-                used = r.lineage is not None and r.lineage.used
-                self._sweep(r, attrs.get(r.number, {}).get("lineage") if used else None, quiet=True)
+                self._sweep(r, _kept_lineage(r, attrs.get(r.number, {})), quiet=True)
             interrupted = {n for n, r in self.records.items() if r.interrupted}
             finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
             started = len(finished)
@@ -908,8 +907,7 @@ class Search:
                     self._tell(study, trial, record)
                     if record.state == "complete":
                         durations.append(record.duration_s)
-                        self._sweep(record, trial.user_attrs.get("lineage")
-                                    if record.lineage and record.lineage.used else None)
+                        self._sweep(record, _kept_lineage(record, trial.user_attrs))
                     pareto = self._write_pareto()
                     self.progress.running = len(pending)
                     self.on_event("trial", record)
@@ -1026,6 +1024,12 @@ def _carried(user_attrs: dict) -> dict:
     """What a re-queued trial keeps of its user attrs: its promotion, lineage and sweep (the memo keys of a
     saved fine-tune depend on the first two; a sweep's rung names the fine-tune it reads)."""
     return {k: user_attrs[k] for k in ("promote", "lineage", "sweep") if k in user_attrs}
+
+
+def _kept_lineage(record: TrialRecord, user_attrs: dict) -> dict | None:
+    """The lineage a trial that reads ``record``'s fine-tune carries (a promotion, a sweep variant): the
+    parent its trial named where the pipeline used it, else ``None`` (its memo keys name no parent)."""
+    return user_attrs.get("lineage") if record.lineage is not None and record.lineage.used else None
 
 
 def _as_compressed(peer: TrialRecord, trial: TrialRecord, margin: float) -> bool:
