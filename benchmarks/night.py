@@ -21,8 +21,8 @@ Each part is its own command, to run as a background job with nothing CPU-heavy 
         them (run folder OUT/NAME/run, ``search.timeout`` = the hours, 10,000 trials so time is the
         limit, warm start on but a space without warm starts). Search arm: the fidelity scheduler
         (``search.rungs: [1, 3, 9]``, emitted only when the schema has the key) and lineage (the
-        default). ``--control``: ``search.rungs: null``, ``search.lineage: false``, ``search.sweep: false``
-        and logit_kd's epochs searched (1..6); ``search.first_structures`` stays
+        default). ``--control``: ``search.rungs: null``, ``search.lineage: false``, ``search.sweep: false``,
+        ``search.iterate: false`` and logit_kd's epochs searched (1..6); ``search.first_structures`` stays
         at its default unless ``--no-first-structures``. Writes OUT/NAME/arm.json
         (start, end, wall seconds, command, exit status) and OUT/NAME/search.log.
         The hours plus ~5 min (data, the base on two runtimes, the budget check).
@@ -94,7 +94,7 @@ def run_config(*, max_samples: int | None, hours: float | None = None, control: 
         max_samples: ``data.max_samples`` (``None`` = every image).
         hours: ``search.timeout`` in hours (``None``: no search section beyond the defaults).
         control: The control arm: ``search.rungs: null`` (the fidelity scheduler off), ``search.lineage:
-            false`` and ``search.sweep: false``.
+            false``, ``search.sweep: false`` and ``search.iterate: false``.
         space: The search-space file.
         first_structures: ``search.first_structures`` (written only when the schema has it).
 
@@ -113,6 +113,8 @@ def run_config(*, max_samples: int | None, hours: float | None = None, control: 
         search["lineage"] = False
     if "sweep" in fields and control:  # reusing a finished fine-tune with other quantizers is this work too
         search["sweep"] = False
+    if "iterate" in fields and control:  # iterative pruning is lineage work (inert with lineage off; said plainly)
+        search["iterate"] = False
     if "first_structures" in fields and not first_structures:
         search["first_structures"] = False
     config: dict[str, Any] = {

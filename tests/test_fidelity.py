@@ -133,12 +133,12 @@ def test_pruning_is_not_proposed_without_recovery_when_the_space_offers_one(regi
     assert only.suggest(study.ask(), registry)["distill"][0] == "none"
 
 
-def _record(number, accuracy, size_mb, ratio, index=0, promoted_from=None):
+def _record(number, accuracy, size_mb, ratio, index=0, promoted_from=None, whole=None):
     return TrialRecord.measured(number=number, choices={}, started=time.time(), host=None, structure_only=False, parts={
         "metrics": {"accuracy": accuracy, "latency_ms": ratio, "size_bytes": int(size_mb * 1e6), "size_mb": size_mb,
                     "params": 1, "precision": "fp32", "runtime": "onnxruntime", "latency_vs_base": ratio},
-        "latency_vs_base": ratio, "rung": {"index": index, "epochs": [1.0, 3.0, 9.0][index],
-                                           "promoted_from": promoted_from}})
+        "latency_vs_base": ratio, "whole_val_after_training": whole,
+        "rung": {"index": index, "epochs": [1.0, 3.0, 9.0][index], "promoted_from": promoted_from}})
 
 
 def test_promotion_compares_a_trial_only_with_peers_at_least_as_compressed(tmp_path):
@@ -162,6 +162,29 @@ def test_promotion_compares_a_trial_only_with_peers_at_least_as_compressed(tmp_p
     # a finished promotion takes its parent's place on the front
     search.records[5] = _record(5, 79.5, 4.0, 0.6, index=1, promoted_from=0)
     assert search._superseded() == {0}
+
+
+def test_a_peerless_trial_is_not_promoted_when_the_rises_seen_cannot_lift_it_to_the_floor(tmp_path):
+    config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
+                                                  "max_accuracy_drop": 1.0}, "search": {"rungs": [1, 3, 9], "eta": 3}})
+    search = Search(config=config, run_dir=tmp_path)
+    search.base, search.val_images = _record(-1, 80.0, 40.0, 1.0), 5000  # floor 79 %
+    # a heavily pruned trial at 3 epochs, 4 pp under the floor, with no peer as compressed as it
+    heavy = _record(4, 75.0, 1.0, 0.3, index=1, whole=75.0)
+    search.records = {4: heavy}
+    assert search._promotable()[0].number == 4  # no chain has reached the top yet: no evidence, promoted
+    # one chain rose 1.9 pp from 3 to 9 epochs; 75 + 1.9 + 1.73 (two standard deviations of two readings
+    # of 5,000 images) < 79: out of reach
+    search.records.update({3: _record(3, 78.9, 4.0, 0.45, index=1, whole=78.9),
+                           6: _record(6, 80.8, 4.0, 0.45, index=2, promoted_from=3, whole=80.8)})
+    search._promoted = {3}
+    assert search._promotable() is None
+    assert "not promoted: trial 4" in (tmp_path / "run.log").read_text()
+    search.records[4] = _record(4, 76.0, 1.0, 0.3, index=1, whole=76.0)  # 76 + 1.9 + 1.7 reaches 79
+    assert search._promotable()[0].number == 4
+    search.config.budget.max_accuracy_drop = None  # no accuracy budget: the peer rule alone decides
+    search.records[4] = heavy
+    assert search._promotable()[0].number == 4
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from autocompress.plugin import discover
 from autocompress.search import Search
 from autocompress.search.controller import _carried, _middle
 from autocompress.trial import TrialRecord, TrialSpec, read_trials, run_trial
+from autocompress.trial.record import RungUse
 from conftest import write_yaml
 
 
@@ -148,3 +149,48 @@ def test_a_parent_that_cannot_be_pruned_to_the_direct_structure_is_not_used(line
     record = run_trial(spec)
     assert record.state == "complete" and record.lineage.used is False
     assert "does not give the structure" in record.lineage.reason
+
+
+@pytest.mark.parametrize("ratio, accuracy, overrides, expected", [
+    (0.4, 79.5, {}, 0.5),                        # over the floor (79 %): the next ratio of the grid
+    (0.4, 78.5, {}, None),                       # under the floor: no step
+    (0.6, 79.5, {}, None),                       # the grid's end
+    (0.4, 79.5, {"iterate": False}, None),
+    (0.4, 79.5, {"lineage": False}, None),       # iterative pruning starts from the model: it needs lineage
+    (0.4, 79.5, {"swept": True}, None),          # a sweep variant trained nothing of its own
+    (0.4, 79.5, {"rung": 1}, None),              # below the top rung: the step waits for the whole fine-tune
+])
+def test_a_fine_tune_over_the_floor_is_followed_by_the_next_ratio_from_its_model(tmp_path, tiny_config_dict, ratio,
+                                                                               accuracy, overrides, expected):
+    import optuna
+
+    space = {"prune": {"channel_prune": {"ratio": {"low": 0.3, "high": 0.6, "step": 0.1}, "importance": ["l2", "l1"]}},
+             "distill": {"logit_kd": {"lr": [1e-4, 3e-4, 1e-3]}}, "quantize": {"none": {}}}
+    search_cfg = {k: v for k, v in overrides.items() if k not in ("swept", "rung")}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "budget": {**tiny_config_dict["budget"], "max_accuracy_drop": 1.0},
+           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9], **search_cfg}}
+    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
+    search.validate()
+    search.run.path.mkdir()
+    search.base = _record(-1, 0.0, 80.0)
+    record = _record(0, ratio, accuracy)
+    record.swept_from = 9 if overrides.get("swept") else None
+    record.rung = RungUse(index=overrides.get("rung", 2), epochs=[1.0, 3.0, 9.0][overrides.get("rung", 2)])
+    search.records = {0: record}
+    assert search._iterate(record) is (expected is not None)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    search._enqueue_next(study)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    if expected is None:
+        assert waiting == []
+        return
+    trial = study.ask()
+    assert trial.user_attrs["iterate"] == {"from": 0}
+    choices = search.space.suggest(trial, search.registry)
+    assert choices["prune"][1]["ratio"] == expected and choices["prune"][1]["importance"] == "l2"
+    assert choices["distill"][1]["lr"] == 3e-4  # the rest of its configuration
+    assert search._parent(choices) == {"parent": 0, "key": "k0"}  # started from its model
+    assert search._iterate(record) is False  # queued once
+    assert "iterate: trial 0 (79.50%, ratio 0.4) is pruned further to ratio 0.5" in \
+        (tmp_path / "out" / "run.log").read_text()

@@ -143,6 +143,22 @@ def test_a_fine_tune_that_ended_under_the_floor_is_not_quantized_or_measured(pre
     assert both["stopped"]["stage"] == "quantize" and both["stopped"]["step"] == 2
 
 
+def test_a_fine_tune_stopped_after_training_is_not_trained_again_for_another_quantizer(prepared):
+    kd = dict(PRUNE_KD, distill=["logit_kd", {"epochs": 2, "lr": 0.002}])
+    budget = {"search_cfg": {"early_stop": "budget"}}
+    first = run_trial(_spec(prepared, 60, kd, floor=101.0, **budget))
+    assert first["stopped"]["after_training"] is True and first["durations"]["distill"] > 0
+    int8 = dict(kd, quantize=["int8_static", {}])
+    again = run_trial(_spec(prepared, 61, int8, floor=101.0, **budget))
+    assert again["state"] == "pruned" and again["verdict_of"] == 60 and again["stopped"]["after_training"] is True
+    assert "distill" not in again["durations"] and "quantize" not in again["durations"]
+    assert again["curve"] == first["curve"] and "trial 60: not trained again" in again["reason"]
+    assert again["whole_val_after_training"] == first["whole_val_after_training"]
+    # where the same model would now pass (here a lower floor), the verdict does not hold: it trains
+    reach = run_trial(_spec(prepared, 62, int8, floor=0.0, **budget))
+    assert reach["state"] == "complete" and reach.get("verdict_of") is None and reach["durations"]["distill"] > 0
+
+
 def test_curves_stopped_after_training_are_history_and_ones_stopped_during_it_are_not(prepared):
     whole, cut, hit = [[1, 50.0], [2, 60.0]], [[1, 40.0]], [[1, 70.0], [2, 75.0]]
     records = {

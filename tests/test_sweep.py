@@ -127,3 +127,28 @@ def test_a_resumed_search_runs_the_variants_a_stopped_one_had_queued(tmp_path, s
     Search(config=resumed, run_dir=run).search()
     first, swept = read_trials(run)
     assert swept.swept_from == 0 and swept.choices["quantize"][0] == "int8_static" and swept.cache.hit
+
+
+def test_a_queued_variant_is_asked_before_a_promotion(tmp_path, tiny_config_dict):
+    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
+             "quantize": {"none": {}, "int8_static": {"calibration": ["percentile", "minmax"]}}}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "budget": {**tiny_config_dict["budget"], "max_accuracy_drop": 1.0},
+           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
+    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
+    search.validate()
+    search.run.path.mkdir()
+    search.base = _finished(-1, 80.0, index=None)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    first = study.ask()
+    search.space.suggest(first, search.registry)
+    study.tell(first, [79.0, 1.0, 0.001])
+    search.records = {0: _finished(0, 79.0, index=0), 1: _finished(1, 79.5)}  # 0: promotable; 1: finished on top
+    assert search._sweep(search.records[1], None) == 1
+    search._enqueue_next(study)
+    asked = study.ask()
+    assert asked.user_attrs.get("sweep") == {"from": 1, "rung": 2} and "promote" not in asked.user_attrs
+    search.space.suggest(asked, search.registry)
+    study.tell(asked, [79.0, 1.0, 0.001])
+    search._enqueue_next(study)  # no variant left: the promotion
+    assert study.ask().user_attrs["promote"] == {"from": 0, "rung": 1}

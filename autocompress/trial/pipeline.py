@@ -542,6 +542,7 @@ class _Trial:
         prefix = [s for s in steps if s[0] != Stage.QUANTIZE]
         self.pending = list(steps)
         try:
+            self.judged_before()
             t_prefix = time.perf_counter()
             model = self.apply(prefix, model, ctx)
             if self.out.get("cache") and prefix:
@@ -554,6 +555,7 @@ class _Trial:
             self.out.update(state="pruned", reason=stop.reason, artefact=None, stopped={
                 "stage": stop.stage, "plugin": stop.plugin, "step": stop.step, "accuracy": round(stop.accuracy, 4),
                 "rule": stop.rule, "reason": stop.reason, **({"after_training": True} if stop.final else {})})
+            self.keep_verdict(stop)
             return _counted(self.out, self.teacher_outputs)
         exported = result if isinstance(result, torch.nn.Module) else model  # the float module that was saved or quantized
         record = self.measure(result, self.out_dir / f"model{self.runtime.suffix}",
@@ -584,6 +586,46 @@ class _Trial:
         self.out["cache"] = {"key": key, "hit": True, "kind": "model", "from_trial": meta.get("trial"),
                              "saved_s": meta.get("seconds")}
         return model, [s for s in steps if s[0] == Stage.QUANTIZE]
+
+    def keep_verdict(self, stop: StopTrial) -> None:
+        """Remembers a fine-tune that ran to its end and was stopped then (under the floor, or off the
+        front), by its model-cache key: its whole-split accuracy is all a trial training the same
+        model with another quantizer needs to be judged (:meth:`judged_before`)."""
+        cache, whole = self.out.get("cache"), self.out.get("whole_val_after_training")
+        if not stop.final or whole is None or not cache or cache.get("hit") or "verdict_of" in self.out:
+            return
+        Memo(self.memo_root / "verdicts", max_bytes=self.memo_bytes).put(cache["key"], meta={
+            "trial": self.spec.number, "step": stop.step, "whole": whole, "stage": stop.stage,
+            "plugin": stop.plugin, "curve": list(self.curve)})
+
+    def judged_before(self) -> None:
+        """A trial whose fine-tune an earlier trial ran to its end and stopped (:meth:`keep_verdict`):
+        that model's whole-split accuracy is judged again against this trial's structure and the front
+        as they are now; raises :class:`StopTrial` without training when it still cannot make it (a
+        verdict that no longer holds, e.g. the front moved, trains as usual)."""
+        cache = self.out.get("cache")
+        if not cache or cache.get("hit"):
+            return
+        entry = Memo(self.memo_root / "verdicts", max_bytes=self.memo_bytes).get(cache["key"])
+        if entry is None:
+            return
+        m = entry.meta  # the run folder may come from elsewhere: its values are checked, not trusted
+        try:
+            step, whole, trial = int(m["step"]), float(m["whole"]), int(m["trial"])
+            curve = [[float(s), float(a)] for s, a in m["curve"]]
+            stage, plugin = str(m["stage"]), str(m["plugin"])
+        except (KeyError, TypeError, ValueError):
+            return
+        try:
+            self.rule.check(step, whole, final=True, whole=True)
+        except StopTrial as stop:
+            self.curve.extend(curve)
+            self.out["whole_val_after_training"] = whole
+            self.out["verdict_of"] = trial
+            stop.stage, stop.plugin = stage, plugin
+            stop.reason = f"{stop.reason}; the same fine-tune ran to its end in trial {trial}: not trained again"
+            self.log(f"verdict: {stop.reason}")
+            raise
 
     def fine_tune_key(self, steps: list) -> str:
         """The key of what ``steps`` train (base, steps and parameters, where it trains): the memo's key of a

@@ -240,6 +240,8 @@ class TrialRecord(_Part):
         lineage: The less compressed trial whose fine-tuned model this one pruned further.
         swept_from: The trial whose fine-tuned model this one quantized with another quantizer or
             runtime, with no training (``search.sweep``).
+        verdict_of: The trial that ran this trial's fine-tune to its end and was stopped then; this one
+            was judged on that model's whole-split accuracy and stopped without training.
         proxy: Top-1 % of the untrained structure after BatchNorm recalibration (a cheap score probed
             before fine-tuning, :func:`autocompress.measure.recalibrated_top1`), where it was probed.
         by_runtime: The base's figures on each target runtime (``base.json`` only).
@@ -290,6 +292,7 @@ class TrialRecord(_Part):
     rung: RungUse | None = None
     lineage: LineageUse | None = None
     swept_from: int | None = None
+    verdict_of: int | None = None
     proxy: float | None = None
     by_runtime: dict[str, Metrics] | None = None
     plugin_log: list[str] = Field(default_factory=list)
