@@ -57,6 +57,24 @@ def _finished(number: int, accuracy: float, *, index: int | None = 2, stored: bo
                                          "quantize": ["none", {}]})
 
 
+INT8_TWO_CALIBRATIONS = {"none": {}, "int8_static": {"calibration": ["percentile", "minmax"]}}
+
+
+def _prepared(tmp_path, tiny_config_dict, quantizers: dict, **sections) -> Search:
+    """A validated search over ``quantizers`` after a 0.003-lr KD fine-tune, rungs [1, 3, 9], its base at 80 %;
+    ``sections`` are merged into the config's sections."""
+    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}}, "quantize": quantizers}
+    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
+           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
+    for section, values in sections.items():
+        cfg[section] = {**cfg[section], **values}
+    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
+    search.validate()
+    search.run.path.mkdir()
+    search.base = _finished(-1, 80.0, index=None)
+    return search
+
+
 @pytest.mark.parametrize("record, expected", [
     (_finished(0, 79.5), 1),                  # the top rung, within twice the allowed drop: swept
     (_finished(1, 79.5, index=1), 0),         # a lower rung: its promotion is swept instead
@@ -65,15 +83,7 @@ def _finished(number: int, accuracy: float, *, index: int | None = 2, stored: bo
     (_finished(4, 77.9), 0),                  # more than twice the allowed drop (2 x 1 pp) under the base
 ])
 def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, tiny_config_dict, record, expected):
-    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
-             "quantize": {"none": {}, "int8_static": {"calibration": ["percentile", "minmax"]}}}
-    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
-           "budget": {**tiny_config_dict["budget"], "max_accuracy_drop": 1.0},
-           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
-    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
-    search.validate()
-    search.run.path.mkdir()
-    search.base = _finished(-1, 80.0, index=None)
+    search = _prepared(tmp_path, tiny_config_dict, INT8_TWO_CALIBRATIONS, budget={"max_accuracy_drop": 1.0})
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     assert search._sweep(record, None) == expected
     assert search._next_sweep(study) is bool(expected)
@@ -90,15 +100,8 @@ def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, ti
 
 
 def test_with_two_runtimes_every_other_quantizer_on_each_is_queued(tmp_path, tiny_config_dict):
-    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
-             "quantize": {"none": {}, "int8_static": {}, "nncf_int8": {}}}
-    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
-           "device": {**tiny_config_dict["device"], "runtime": ["onnxruntime", "openvino"]},
-           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
-    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
-    search.validate()
-    search.run.path.mkdir()
-    search.base = _finished(-1, 80.0, index=None)
+    search = _prepared(tmp_path, tiny_config_dict, {"none": {}, "int8_static": {}, "nncf_int8": {}},
+                       device={"runtime": ["onnxruntime", "openvino"]})
     record = _finished(0, 79.5)
     record.choices["runtime"] = ["onnxruntime", {}]
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
@@ -130,15 +133,7 @@ def test_a_resumed_search_runs_the_variants_a_stopped_one_had_queued(tmp_path, s
 
 
 def test_a_queued_variant_is_asked_before_a_promotion(tmp_path, tiny_config_dict):
-    space = {"prune": {"none": {}}, "distill": {"logit_kd": {"lr": 0.003}},
-             "quantize": {"none": {}, "int8_static": {"calibration": ["percentile", "minmax"]}}}
-    cfg = {**tiny_config_dict, "search_space": str(write_yaml(tmp_path / "space.yaml", space)),
-           "budget": {**tiny_config_dict["budget"], "max_accuracy_drop": 1.0},
-           "search": {**tiny_config_dict["search"], "rungs": [1, 3, 9]}}
-    search = Search(config=load_config(write_yaml(tmp_path / "run.yaml", cfg)), run_dir=tmp_path / "out")
-    search.validate()
-    search.run.path.mkdir()
-    search.base = _finished(-1, 80.0, index=None)
+    search = _prepared(tmp_path, tiny_config_dict, INT8_TWO_CALIBRATIONS, budget={"max_accuracy_drop": 1.0})
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     first = study.ask()
     search.space.suggest(first, search.registry)
@@ -152,3 +147,7 @@ def test_a_queued_variant_is_asked_before_a_promotion(tmp_path, tiny_config_dict
     study.tell(asked, [79.0, 1.0, 0.001])
     search._enqueue_next(study)  # no variant left: the promotion
     assert study.ask().user_attrs["promote"] == {"from": 0, "rung": 1}
+    search._promoted.clear()  # promotable again, but a trial waits: the promotion is decided at its own ask
+    study.enqueue_trial({})
+    search._enqueue_next(study)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1

@@ -782,8 +782,12 @@ class Search:
         return True
 
     def _enqueue_next(self, study: optuna.Study) -> None:
-        """Before each ask: the next sweep variant when nothing waits, else the next promotion. A variant
-        takes seconds, a promotion a fine-tune: a variant that could join the front goes first."""
+        """Before each ask, when nothing waits: the next queued sweep variant or iterative-pruning step,
+        else the next promotion. A variant takes seconds, a promotion a fine-tune. A promotion is decided
+        here, at its ask, not queued ahead: decided earlier (seen: two behind a 9-epoch fine-tune) it
+        missed what that fine-tune showed (:meth:`_out_of_reach`) and held up the step it led to."""
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return
         if not self._next_sweep(study):
             self._promote(study)
 
