@@ -169,6 +169,34 @@ def report(run: Path = typer.Argument(..., help="A run folder.")) -> None:
 
 
 @app.command()
+def retime(
+    run: Path = typer.Argument(..., help="A run folder."),
+    rounds: int = typer.Option(50, "--rounds", help="Interleaved rounds (each of the run's device.repeats calls)."),
+) -> None:
+    """Time the base and every front model together, in one interleaved run (RUN/retime.json; `show` adds it)."""
+    from rich.table import Table
+
+    from autocompress.results import retime as retime_run
+
+    result = retime_run(run, rounds=rounds)
+    s = result["settings"]
+    table = Table(title=f"{Path(run).name}: the base and the front timed together ({s['rounds']} rounds x "
+                        f"{s['repeats']} calls, batch {s['batch_size']}, {s['threads']} threads, {result['seconds']:g} s)",
+                  title_justify="left", caption="paired: the model's round median over the base's in the same round; "
+                                                "median over rounds [quartiles]", caption_justify="left")
+    for col in ("trial", "runtime", "precision", "latency ms", "vs base", "paired vs base", "in search vs base"):
+        table.add_column(col, justify="left" if col in {"trial", "runtime", "precision"} else "right")
+    for row in result["rows"]:
+        was = row["in_search_vs_base"]
+        table.add_row("base" if row["trial"] is None else str(row["trial"]), row["runtime"], row["precision"],
+                      f"{row['latency_ms']:.3f}", f"{row['vs_base']:.3f}x",
+                      f"{row['paired_vs_base']:.3f}x [{row['paired_p25']:.3f}, {row['paired_p75']:.3f}]",
+                      "" if row["trial"] is None else ("n/a" if was is None else f"{was:.3f}x"))
+    console.print(table)
+    console.print(f"wrote [bold]{Path(run) / 'retime.json'}[/]")
+
+
+@app.command()
 def export(
     run: Path = typer.Argument(..., help="A run folder."),
     trial: int = typer.Option(..., "--trial", help="A trial number on the Pareto front (see `autocompress show`)."),

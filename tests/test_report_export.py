@@ -273,3 +273,58 @@ def test_export_out_that_cannot_be_written_is_one_line_and_keeps_the_file(run, t
     assert code == 2 and "Traceback" not in err
     assert err.strip() == f"error: {expected}"
     assert (tmp_path / "notes").read_text() == "mine"
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("exports", "report.html", "retime.json"))
+    return copy
+
+
+def test_retime_times_the_base_and_the_whole_front_together_and_show_adds_it(run, tmp_path, monkeypatch, capsys):
+    from autocompress.results import front_table
+
+    copy = _copy(run, tmp_path)
+    assert "retimed speed-up" not in [c.header for c in front_table(copy).columns]
+    code, out, _ = _cli(monkeypatch, capsys, "retime", copy, "--rounds", 3)
+    assert code == 0 and "paired vs base" in out
+    data = json.loads((copy / "retime.json").read_text())
+    front = sorted(_front(run).values())
+    assert [row["trial"] for row in data["rows"]] == [None, *front]
+    assert data["settings"]["rounds"] == 3 and data["front"] == front
+    base, *models = data["rows"]
+    assert base["vs_base"] == 1.0 and base["paired_vs_base"] == 1.0
+    records = _records(run)
+    for row in models:
+        assert row["latency_ms"] > 0
+        assert row["paired_p25"] <= row["paired_vs_base"] <= row["paired_p75"]
+        assert row["in_search_vs_base"] == records[row["trial"]]["latency_vs_base"]
+    columns = {c.header: list(c.cells) for c in front_table(copy).columns}
+    assert columns["retimed speed-up"][0] == "1.00x"  # the base row
+    for cell, row in zip(columns["retimed speed-up"][1:], sorted(models, key=lambda r: -records[r["trial"]]["metrics"]["accuracy"])):
+        assert cell.startswith(f"{1 / row['paired_vs_base']:.2f}x [")
+    # a front that changed since (here: another trial list) makes the figures stale: show leaves them out
+    data["front"] = front[:1]
+    (copy / "retime.json").write_text(json.dumps(data))
+    assert "retimed speed-up" not in [c.header for c in front_table(copy).columns]
+
+
+@pytest.mark.parametrize("case", ["tampered artefact", "one round", "not a run folder"])
+def test_retime_bad_input_is_one_line_and_exit_2(run, tmp_path, monkeypatch, capsys, case):
+    copy = _copy(run, tmp_path)
+    trial = _front(run)["int8"]
+    args = [copy]
+    if case == "tampered artefact":
+        artefact = copy / _records(run)[trial]["artefact"]
+        artefact.write_bytes(artefact.read_bytes()[:-16] + b"\0" * 16)
+    elif case == "one round":
+        args += ["--rounds", 1]
+    else:
+        args = [tmp_path / "nope"]
+    code, _, err = _cli(monkeypatch, capsys, "retime", *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
+    expected = {"tampered artefact": f"trial {trial}: {copy}", "one round": "--rounds",
+                "not a run folder": "does not exist"}[case]
+    assert expected in err and (case != "tampered artefact" or "does not match the SHA-256" in err)
+    assert not (copy / "retime.json").exists()

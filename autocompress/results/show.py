@@ -14,6 +14,7 @@ from autocompress.trial import TrialRecord, read_trials
 
 _QTY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 _SCALE = {"ms": {"": 1, "ms": 1, "s": 1000, "us": 1e-3}, "mb": {"": 1, "mb": 1, "kb": 1e-3, "gb": 1e3, "b": 1e-6}}
+RETIME_FILE = "retime.json"  # written by `autocompress retime` (results.retime)
 
 
 def parse_quantity(text: str | None, unit: str, flag: str) -> float | None:
@@ -109,12 +110,18 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
                         f"{len(records)} trials, {failed} failed, {stopped} stopped early, {infeasible} infeasible",
                   title_justify="left", caption="\n".join(notes) or None, caption_justify="left")
     energy = any(m.get("energy_mj") is not None for m in [base or {}, *(r["metrics"] for r in rows)])
-    for col in ("trial", "val top-1", "Δ top-1", "test top-1", "latency ms", "speed-up", "size MB", "smaller",
-                "params", "MACs", "mem MB", *(["energy mJ"] if energy else []), "precision", "configuration"):
+    retimed = _retimed_cells(run)
+    if retimed:
+        notes.append(f"retimed speed-up: the base and the whole front in one interleaved run ({retimed['when']}, "
+                     "`autocompress retime`): median of the per-round speed-ups [quartiles]")
+    for col in ("trial", "val top-1", "Δ top-1", "test top-1", "latency ms", "speed-up", *(["retimed speed-up"] if retimed else []),
+                "size MB", "smaller", "params", "MACs", "mem MB", *(["energy mJ"] if energy else []), "precision",
+                "configuration"):
         table.add_column(col, justify="left" if col in {"trial", "configuration", "precision"} else "right")
     if base:
         table.add_row("base", f"{base['accuracy']:.2f}", "", f"{base['test_accuracy']:.2f}",
-                      f"{base['latency_ms']:.3f}", "1.00x", f"{base['size_mb']:.3f}", "1.00x",
+                      f"{base['latency_ms']:.3f}", "1.00x", *(["1.00x"] if retimed else []),
+                      f"{base['size_mb']:.3f}", "1.00x",
                       f"{base['params']:,}", *_figures(base, energy), _precision(base),
                       f"{base['runtime']}, no compression", style="dim")
     for r in rows:
@@ -122,9 +129,39 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
         table.add_row(str(r["number"]), f"{m['accuracy']:.2f}", _pct(v.get("accuracy_pp")),
                       f"{m['test_accuracy']:.2f}" if m.get("test_accuracy") is not None else "n/a",
                       f"{m['latency_ms']:.3f}", f"{v.get('latency_x') or 0:.2f}x",
+                      *([retimed["cells"].get(r["number"], "n/a")] if retimed else []),
                       f"{m['size_mb']:.3f}", f"{v.get('size_x') or 0:.2f}x", f"{m['params']:,}", *_figures(m, energy),
                       _precision(m), describe_choices(r["choices"]))
     return table
+
+
+def read_retime(run: Path | str) -> dict | None:
+    """``RUN/retime.json`` when it covers the run's current front, else ``None`` (absent, unreadable or stale)."""
+    path = Path(run) / RETIME_FILE
+    pareto = Path(run) / "pareto.json"
+    try:
+        data = json.loads(path.read_text())
+        front = json.loads(pareto.read_text())["front"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(data, dict) or sorted(r["number"] for r in front) != data.get("front"):
+        return None
+    return data
+
+
+def _retimed_cells(run: Path | str) -> dict | None:
+    """``{"when", "cells": {trial: "2.4x [2.3, 2.6]"}}`` (speed-up over the base, retimed) from ``RUN/retime.json`` when it covers the current
+    front; ``None`` otherwise (a file of a run from elsewhere that does not parse is ignored)."""
+    data = read_retime(run)
+    if data is None:
+        return None
+    try:
+        cells = {int(row["trial"]): f"{1 / float(row['paired_vs_base']):.2f}x [{1 / float(row['paired_p75']):.2f}, "
+                                    f"{1 / float(row['paired_p25']):.2f}]"
+                 for row in data["rows"] if row.get("trial") is not None}
+        return {"when": str(data["date"])[:16].replace("T", " "), "cells": cells}
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError):
+        return None
 
 
 def plugins_table(plugins_dir: Path | None = None) -> Table:
