@@ -158,7 +158,8 @@ def test_a_parent_that_cannot_be_pruned_to_the_direct_structure_is_not_used(line
     (0.4, 79.5, {"iterate": False}, None),
     (0.4, 79.5, {"lineage": False}, None),       # iterative pruning starts from the model: it needs lineage
     (0.4, 79.5, {"swept": True}, None),          # a sweep variant trained nothing of its own
-    (0.4, 79.5, {"rung": 1}, None),              # below the top rung: the step waits for the whole fine-tune
+    (0.4, 79.5, {"rung": 1}, 0.5),               # over the floor below the top rung: feasible, so it steps on
+    (0.4, 78.5, {"rung": 0}, None),              # under the floor at the first rung
 ])
 def test_a_fine_tune_over_the_floor_is_followed_by_the_next_ratio_from_its_model(tmp_path, tiny_config_dict, ratio,
                                                                                accuracy, overrides, expected):

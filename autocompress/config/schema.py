@@ -348,8 +348,8 @@ class SearchConfig(_Strict):
             allowed drop of the base, its fine-tuned model (from the model cache) is quantized and
             measured with every other quantizer option on every target runtime, at the parameters
             the first-structure probes use: seconds each, no training. Needs ``cache``.
-        iterate: Iterative pruning: when a fine-tune finishes at the ladder's top rung (or without a
-            ladder) over the accuracy floor, the next value of its pruning ratio's searched grid, with
+        iterate: Iterative pruning: when a fine-tune finishes over the accuracy floor (at any rung of
+            the ladder, or without one), the next value of its pruning ratio's searched grid, with
             the rest of its configuration, is queued at the first rung (after the sweep's variants,
             before promotions) and starts from the closest less pruned fine-tuned model
             (``lineage``). Needs ``lineage``.

@@ -734,12 +734,13 @@ class Search:
         """Iterative pruning (:attr:`SearchConfig.iterate`): queues, after ``record``'s sweep variants,
         the next value of its pruning ratio's grid with the rest of its configuration, at the first rung;
         at its ask the trial starts from the closest less pruned fine-tuned model (lineage), this one
-        or a more accurate one at the same ratio. Only a fine-tune finished at the top rung (the whole
-        fine-tune: the stronger parent) over the accuracy floor, its model kept, is followed by a step;
-        returns whether one was queued.
+        or a more accurate one at the same ratio. A fine-tune finished over the accuracy floor at any rung,
+        its model kept, is followed by a step (once per configuration); returns whether one was queued.
 
         The chain 40 % -> 50 % -> 60 % is what a compression engineer does by hand; left to the
-        sampler, the next ratio came when it was drawn (on the night benchmark, 9 minutes later).
+        sampler, the next ratio came when it was drawn (on the night benchmark, 9 minutes later). A
+        structure over the floor at a lower rung is feasible already: its next ratio need not wait for
+        the top rung's fine-tune (minutes); the step's own promotions go on from there.
         """
         search, drop = self.config.search, self.config.budget.max_accuracy_drop
         cache = record.cache
@@ -748,8 +749,6 @@ class Search:
                 or cache.kind != "model" or not (cache.stored or cache.hit) or record.metrics is None \
                 or record.metrics.accuracy is None or self.base is None:
             return False
-        if record.rung is not None and record.rung.index < len(search.rungs or ()) - 1:
-            return False  # a lower rung: the step waits for the whole fine-tune, the stronger parent
         if drop is not None and record.metrics.accuracy < self.base.metrics.accuracy - drop:
             return False
         name, params = record.choices.get(Stage.PRUNE.value, (NONE, {}))
