@@ -31,13 +31,20 @@ Each part is its own command, to run as a background job with nothing CPU-heavy 
         arm ``--arm``) with ``search.lineage: false``, so the same pruning, KD parameters, rungs and
         quantizer start from the base; ``report`` then sets each lineage trial beside the best such trial
         of the same pruning and epochs. Trial N's rungs plus ~3 min.
+    python benchmarks/night.py arm search --rungs 1 2 4 8
+        The search arm on another ladder (default ``[1, 3, 9]``, the schema's default).
+    python benchmarks/night.py retime [--rounds 80]
+        The hand rows, every arm's base and every feasible record (its trial folder, or the run's
+        artefact cache for a dominated one; SHA-256 checked) timed in one interleaved run: OUT/retime.json.
+        ``report`` then judges "as fast as hand" on each record's ratio to the hand pipeline paired by
+        round. ~1-2 min.
     python benchmarks/night.py report
         Reads OUT/hand.json and every OUT/*/arm.json with its run folder; writes OUT.md
         (``benchmarks/results/night.md`` by default) and prints it: base, hand pipeline, NNCF int8
         alone, each arm's front; per arm the time to the first feasible model, to hand parity and to
         its best; the target check (met or missed). Seconds.
     python benchmarks/night.py all [--hours 2]
-        hand, arm search, arm control --control, report, one after the other: ~2 x hours + 30 min.
+        hand, arm search, arm control --control, retime, report, one after the other: ~2 x hours + 30 min.
 
 ``--max-samples N`` (hand, arm, all) caps every split at N images (``data.max_samples``) for a quick
 smoke run; ``--out DIR`` (every command) moves the results from ``benchmarks/results/night``.
