@@ -480,6 +480,7 @@ def retime(args: argparse.Namespace) -> int:
     import torch
 
     from autocompress.config import RunConfig
+    from autocompress.device import paired_ratio
     from autocompress.measure.accuracy import measure_latency
     from autocompress.measure.artefact import Artefact
     from autocompress.measure.runtimes import get_runtime
@@ -549,9 +550,8 @@ def retime(args: argparse.Namespace) -> int:
     hand_key = "hand:hand_pipeline"
     if hand_key in lat:  # paired by round: both timed within the same seconds, so drift cancels
         for key, e in entries.items():
-            pairs = sorted(a / b for a, b in zip(lat[key].round_medians_ms, lat[hand_key].round_medians_ms))
-            q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
-            e.update(vs_hand=round(statistics.median(pairs), 4), vs_hand_p25=round(q[0], 4), vs_hand_p75=round(q[2], 4))
+            mid, p25, p75 = paired_ratio(lat[key], lat[hand_key])
+            e.update(vs_hand=round(mid, 4), vs_hand_p25=round(p25, 4), vs_hand_p75=round(p75, 4))
     result = {"what": "issue 18: hand rows, arm bases and feasible records timed in one interleaved run",
               "date": dt.datetime.now().isoformat(timespec="seconds"), "command": command_line(),
               "machine": machine(), "reference": reference, "reference_ms": round(pooled[reference], 4),
@@ -697,15 +697,16 @@ def arm_times(a: dict, hand_row: dict | None) -> dict[str, Any]:
     front = {row["number"] for row in a["pareto"].get("front", [])}
     front_parity = [r for r in at_parity if r["number"] in front]
 
-    def dominated_by(q: dict, r: dict) -> bool:
-        """``q`` is no worse than ``r`` on validation top-1, latency and size, and better on one."""
-        pairs = [(-(q["metrics"].get("accuracy") or 0.0), -(r["metrics"].get("accuracy") or 0.0)),
-                 (q["_ratio"] if q["_ratio"] is not None else float("inf"), r["_ratio"] if r["_ratio"] is not None else float("inf")),
-                 (q["metrics"]["size_mb"], r["metrics"]["size_mb"])]
-        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+    from autocompress.objectives import dominates
+
+    def point(r: dict) -> list[float]:
+        """Validation top-1, latency ratio and size: the search's default objectives, in their order."""
+        return [r["metrics"].get("accuracy") or 0.0, r["_ratio"] if r["_ratio"] is not None else float("inf"),
+                r["metrics"]["size_mb"]]
 
     # on the front when it finished: what a user watching the front had then, whatever came later
-    reached = [r for r in at_parity if not any(q is not r and q["_t"] <= r["_t"] and dominated_by(q, r) for q in feasible)]
+    reached = [r for r in at_parity
+               if not any(q is not r and q["_t"] <= r["_t"] and dominates(point(q), point(r)) for q in feasible)]
     return {"feasible": feasible, "first": first, "parity": at_parity[0] if at_parity else None,
             "best": best, "best_as_small_and_fast": bool(best is not None and pool is not feasible),
             "front_parity": front_parity, "reached": reached, "parity_fn": parity}

@@ -21,6 +21,7 @@ _LAZY = {
     "onnx_session": "sessions",
     "openvino_predictor": "sessions",
     "Latency": "timing",
+    "paired_ratio": "timing",
     "time_interleaved": "timing",
 }
 __all__ = sorted(_LAZY)

@@ -71,6 +71,15 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def paired_ratio(latency: Latency, reference: Latency) -> tuple[float, float, float]:
+    """``latency`` over ``reference`` paired by round (both timed in the same interleaved run): the median
+    of the per-round ratios of their round medians, and its lower and upper quartiles. Pairing cancels
+    the machine's drift between rounds; the quartiles show how finely the two can be told apart."""
+    ratios = sorted(a / b for a, b in zip(latency.round_medians_ms, reference.round_medians_ms))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), q[0], q[2]
+
+
 def summarise(times: list[list[float]]) -> Latency:
     """:class:`Latency` of per-round lists of call times in seconds."""
     flat = [t for rnd in times for t in rnd]

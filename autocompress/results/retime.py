@@ -19,28 +19,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
-from autocompress.device import describe
+from autocompress.device import describe, paired_ratio
 from autocompress.errors import UserError
 from autocompress.results.load import front_record, read_run, unreadable
 from autocompress.results.show import RETIME_FILE
 from autocompress.store import atomic_write, verify_files
-from autocompress.trial import TrialRecord
 
 DEFAULT_ROUNDS = 50
 BASE = "base"
-
-
-def _artefact(run: Path, record: TrialRecord):
-    from autocompress.measure.artefact import Artefact
-
-    main = Path(record.artefact)
-    bins = [run / f for f in record.files or {} if Path(f).suffix == ".bin" and Path(f).parent == main.parent]
-    return Artefact(run / main, record.metrics.runtime, record.metrics.precision, extra_files=bins)
 
 
 def retime(run: Path | str, *, rounds: int = DEFAULT_ROUNDS, threads: int | None = None) -> dict:
@@ -61,6 +51,7 @@ def retime(run: Path | str, *, rounds: int = DEFAULT_ROUNDS, threads: int | None
             not match its record, or ``rounds`` < 2.
     """
     from autocompress.measure import get_runtime, measure_latency
+    from autocompress.plugin import Artefact
 
     if rounds < 2:
         raise UserError(f"--rounds: {rounds} is not allowed; at least 2 (pairing by round needs rounds)")
@@ -81,7 +72,7 @@ def retime(run: Path | str, *, rounds: int = DEFAULT_ROUNDS, threads: int | None
     predictors = {}
     for key, record in records.items():
         what = "the base" if key == BASE else f"trial {key}"
-        artefact = _artefact(info.path, record)
+        artefact = Artefact(info.path / record.artefact, record.metrics.runtime, record.metrics.precision)
         with unreadable(f"{what}: {artefact.path}"):
             predictors[key] = get_runtime(artefact.runtime).load(artefact, threads=threads, device=d.type)
     example = torch.randn(d.batch_size, 3, config.model.img_size, config.model.img_size,
@@ -93,14 +84,12 @@ def retime(run: Path | str, *, rounds: int = DEFAULT_ROUNDS, threads: int | None
     rows = []
     for key, record in records.items():
         l = lat[key]
-        paired = sorted(a / b for a, b in zip(l.round_medians_ms, base.round_medians_ms))
-        quart = statistics.quantiles(paired, n=4)
+        paired, p25, p75 = paired_ratio(l, base)
         rows.append({"trial": None if key == BASE else key, "runtime": record.metrics.runtime,
                      "precision": record.metrics.precision, "latency_ms": round(l.median_ms, 5),
                      "p10_ms": round(l.p10_ms, 5), "p90_ms": round(l.p90_ms, 5), "cv": round(l.cv, 4),
                      "vs_base": round(l.median_ms / base.median_ms, 4),
-                     "paired_vs_base": round(statistics.median(paired), 4),
-                     "paired_p25": round(quart[0], 4), "paired_p75": round(quart[2], 4),
+                     "paired_vs_base": round(paired, 4), "paired_p25": round(p25, 4), "paired_p75": round(p75, 4),
                      "in_search_ms": record.metrics.latency_ms,
                      "in_search_vs_base": None if key == BASE else record.latency_vs_base})
     result = {"date": started.isoformat(timespec="seconds"),

@@ -110,7 +110,7 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
                         f"{len(records)} trials, {failed} failed, {stopped} stopped early, {infeasible} infeasible",
                   title_justify="left", caption="\n".join(notes) or None, caption_justify="left")
     energy = any(m.get("energy_mj") is not None for m in [base or {}, *(r["metrics"] for r in rows)])
-    retimed = _retimed_cells(run)
+    retimed = _retimed_cells(run, pareto["front"])
     if retimed:
         notes.append(f"retimed speed-up: the base and the whole front in one interleaved run ({retimed['when']}, "
                      "`autocompress retime`): median of the per-round speed-ups [quartiles]")
@@ -135,32 +135,19 @@ def front_table(run: Path | str, *, sort: str = "accuracy", max_latency_ms: floa
     return table
 
 
-def read_retime(run: Path | str) -> dict | None:
-    """``RUN/retime.json`` when it covers the run's current front, else ``None`` (absent, unreadable or stale)."""
-    path = Path(run) / RETIME_FILE
-    pareto = Path(run) / "pareto.json"
+def _retimed_cells(run: Path | str, front: list[dict]) -> dict | None:
+    """``{"when", "cells": {trial: "2.4x [2.3, 2.6]"}}`` (speed-up over the base, retimed) from
+    ``RUN/retime.json`` when it covers ``front``, the run's current front; ``None`` otherwise (absent,
+    stale, or a file of a run from elsewhere that does not parse)."""
     try:
-        data = json.loads(path.read_text())
-        front = json.loads(pareto.read_text())["front"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(data, dict) or sorted(r["number"] for r in front) != data.get("front"):
-        return None
-    return data
-
-
-def _retimed_cells(run: Path | str) -> dict | None:
-    """``{"when", "cells": {trial: "2.4x [2.3, 2.6]"}}`` (speed-up over the base, retimed) from ``RUN/retime.json`` when it covers the current
-    front; ``None`` otherwise (a file of a run from elsewhere that does not parse is ignored)."""
-    data = read_retime(run)
-    if data is None:
-        return None
-    try:
+        data = json.loads((Path(run) / RETIME_FILE).read_text())
+        if sorted(r["number"] for r in front) != data["front"]:
+            return None
         cells = {int(row["trial"]): f"{1 / float(row['paired_vs_base']):.2f}x [{1 / float(row['paired_p75']):.2f}, "
                                     f"{1 / float(row['paired_p25']):.2f}]"
                  for row in data["rows"] if row.get("trial") is not None}
         return {"when": str(data["date"])[:16].replace("T", " "), "cells": cells}
-    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError):
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError):
         return None
 
 

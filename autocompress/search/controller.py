@@ -307,11 +307,11 @@ class Search:
                      + (f"energy {m.energy_mj:.3f} mJ ({m.energy_source})  " if m.energy_mj is not None
                         else "energy n/a  ") + f"({runtime})")
         # the reference is the base on its fastest target runtime, never a slower one
-        base = min(by_runtime.values(), key=lambda r: r.metrics.latency_ms).model_copy(deep=True)
+        together = self._time_bases_together(list(by_runtime)) if len(by_runtime) > 1 else {}
+        fastest = min(together, key=together.get) if together else \
+            min(by_runtime, key=lambda rt: by_runtime[rt].metrics.latency_ms)
+        base = by_runtime[fastest].model_copy(deep=True)
         if len(by_runtime) > 1:
-            together = self._time_bases_together(list(by_runtime))
-            if together:
-                base = by_runtime[min(together, key=together.get)].model_copy(deep=True)
             base.by_runtime = {rt: r.metrics for rt, r in by_runtime.items()}
             self.log(f"base reference: {base.metrics.runtime} (the fastest of {', '.join(by_runtime)}"
                      + (", timed together in interleaved rounds: " + ", ".join(f"{rt} {ms:.3f} ms" for rt, ms in
