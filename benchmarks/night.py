@@ -96,7 +96,7 @@ WITHIN_PP = 1.0  # "within 1 pp" of the base's test top-1
 
 def run_config(*, max_samples: int | None, hours: float | None = None, control: bool = False,
                space: Path | None = None, first_structures: bool = True,
-               rungs: list[float] | None = None) -> dict[str, Any]:
+               rungs: list[float] | None = None, seed: int = 0) -> dict[str, Any]:
     """The run config of this benchmark as a mapping (the YAML an arm writes).
 
     Args:
@@ -107,6 +107,8 @@ def run_config(*, max_samples: int | None, hours: float | None = None, control: 
         space: The search-space file.
         first_structures: ``search.first_structures`` (written only when the schema has it).
         rungs: The search arm's ladder (default ``[1, 3, 9]``, the schema's default).
+        seed: ``search.seed`` (the sampler's and every trial's randomness; the data split keeps seed 0, so
+            every arm and the hand rows share the same validation and test halves).
 
     Returns:
         The config mapping; keys the installed schema lacks (``rungs``) are left out.
@@ -114,7 +116,7 @@ def run_config(*, max_samples: int | None, hours: float | None = None, control: 
     from autocompress.config.schema import SearchConfig
 
     fields = SearchConfig.model_fields
-    search: dict[str, Any] = {"trials": 10000, "warm_start": True}
+    search: dict[str, Any] = {"trials": 10000, "warm_start": True, "seed": int(seed)}
     if hours is not None:
         search["timeout"] = float(hours) * 3600.0
     if "rungs" in fields:
@@ -364,11 +366,13 @@ def hand(args: argparse.Namespace) -> int:
 def arm(args: argparse.Namespace) -> int:
     """Writes an arm's config and space and runs ``autocompress search`` on them as a subprocess."""
     raw = run_config(max_samples=args.max_samples, hours=args.hours, control=args.control, space=None,
-                     first_structures=not args.no_first_structures, rungs=getattr(args, "rungs", None))
+                     first_structures=not args.no_first_structures, rungs=getattr(args, "rungs", None),
+                     seed=getattr(args, "seed", 0))
     label = "control: fidelity scheduler off, epochs searched" if args.control else "search"
     return run_arm(args.out / args.name, search_space(args.control), raw, label=label,
                    info={"name": args.name, "control": args.control, "hours": args.hours,
-                         "max_samples": args.max_samples, "rungs": raw["search"].get("rungs", "n/a")})
+                         "max_samples": args.max_samples, "rungs": raw["search"].get("rungs", "n/a"),
+                         "seed": getattr(args, "seed", 0)})
 
 
 def run_arm(folder: Path, space: dict[str, Any], raw: dict[str, Any], *, label: str, info: dict[str, Any]) -> int:
@@ -998,6 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", action="store_true", help="the control arm: search.rungs null, epochs searched")
     p.add_argument("--rungs", type=float, nargs="+", default=None,
                    help="the search arm's ladder, e.g. --rungs 1 2 4 8 (default 1 3 9, the schema's default)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="search.seed of the arm (default 0); the data split stays seed 0 in every arm")
     p.add_argument("--no-first-structures", action="store_true",
                    help="also write search.first_structures: false (where the schema has it)")
     p = sub.add_parser("matched", help="an arm fixed to one trial's configuration, lineage off")
