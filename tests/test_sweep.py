@@ -77,12 +77,13 @@ def _prepared(tmp_path, tiny_config_dict, quantizers: dict, **sections) -> Searc
 
 @pytest.mark.parametrize("record, expected", [
     (_finished(0, 79.5), 1),                  # the top rung, within twice the allowed drop: swept
-    (_finished(1, 79.5, index=1), 0),         # a lower rung: its promotion is swept instead
+    (_finished(1, 79.5, index=1), 1),         # a lower rung over the floor (80 - 1 pp): feasible already, swept
+    (_finished(6, 78.5, index=1), 0),         # a lower rung under the floor: its promotion is swept instead
     (_finished(2, 79.5, stored=False), 0),    # read from the cache: a variant, or a repeat, trained nothing
     (_finished(3, 79.5, stopped=True), 0),    # stopped early: no model was kept
     (_finished(4, 77.9), 0),                  # more than twice the allowed drop (2 x 1 pp) under the base
 ])
-def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, tiny_config_dict, record, expected):
+def test_a_top_rung_fine_tune_near_the_floor_or_a_lower_one_over_it_is_swept(tmp_path, tiny_config_dict, record, expected):
     search = _prepared(tmp_path, tiny_config_dict, INT8_TWO_CALIBRATIONS, budget={"max_accuracy_drop": 1.0})
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     assert search._sweep(record, None) == expected
@@ -90,7 +91,7 @@ def test_only_a_finished_top_rung_fine_tune_near_the_floor_is_swept(tmp_path, ti
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == expected
     if expected:
-        assert waiting[0].user_attrs["sweep"] == {"from": record.number, "rung": 2}
+        assert waiting[0].user_attrs["sweep"] == {"from": record.number, "rung": record.rung.index}
         assert search._sweep(record, None) == 0  # the same variant is not queued twice
         variant = search.space.suggest(study.ask(), search.registry)
         assert variant["quantize"][0] == "int8_static" and variant["quantize"][1]["calibration"] == "percentile"
@@ -151,3 +152,25 @@ def test_a_queued_variant_is_asked_before_a_promotion(tmp_path, tiny_config_dict
     study.enqueue_trial({})
     search._enqueue_next(study)
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+
+
+def test_a_lower_rung_variant_is_not_promoted_and_the_promotion_is_swept_again(tmp_path, tiny_config_dict):
+    search = _prepared(tmp_path, tiny_config_dict, INT8_TWO_CALIBRATIONS, budget={"max_accuracy_drop": 1.0})
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    source = _finished(0, 79.5, index=0)
+    assert search._sweep(source, None) == 1 and search._next_sweep(study)
+    asked = study.ask()
+    assert asked.user_attrs["sweep"] == {"from": 0, "rung": 0}
+    search.space.suggest(asked, search.registry)
+    study.tell(asked, [79.6, 1.0, 0.001])
+    variant = _finished(1, 79.6, index=0, stored=False)
+    variant.swept_from = 0
+    search.records = {0: source, 1: variant}
+    # the variant reads more accurate than its source but shares its fine-tune: the source goes up
+    assert search._promotable() == (source, 1)
+    # the source's promotion, over the floor at the top rung, is swept with the same quantizer again:
+    # Optuna's skip_if_exists would skip it (the same parameters; the rung is not one of them)
+    assert search._sweep(_finished(2, 79.8, index=2), None) == 1
+    assert search._next_sweep(study)
+    assert study.ask().user_attrs["sweep"] == {"from": 2, "rung": 2}
+    assert search._sweep(_finished(2, 79.8, index=2), None) == 0  # once per rung

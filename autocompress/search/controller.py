@@ -590,8 +590,9 @@ class Search:
         rungs, search = self.config.search.rungs, self.config.search
         if not rungs or len(rungs) < 2 or self.base is None:
             return None
+        # a sweep variant shares its source's fine-tune: the source is promoted, and its promotion swept
         done = [r for r in self.records.values() if r.state == "complete" and r.rung is not None and r.metrics
-                and r.metrics.accuracy is not None and r.stopped is None]
+                and r.metrics.accuracy is not None and r.stopped is None and r.swept_from is None]
         for k in reversed(range(len(rungs) - 1)):
             at = [r for r in done if r.rung.index == k]
             for c in sorted(at, key=lambda r: -r.metrics.accuracy):
@@ -714,7 +715,9 @@ class Search:
         is not left to the sampler to pair again with the same recipe. A variant keeps the trial's pruning
         and fine-tuning parameters, rung and lineage (so it reads the same model from the cache) and takes
         the quantizer's parameters at their most compressing values (:meth:`_probe_params`); its user
-        attr ``sweep`` names the trial. Variants of variants are not made (they trained nothing). The
+        attr ``sweep`` names the trial. A fine-tune is swept at the top rung within twice the allowed drop,
+        and at a lower rung over the accuracy floor (it is feasible already; its variants need not wait
+        minutes for the top rung). Variants of variants are not made (they trained nothing), nor promoted. The
         study gets them one at a time, when nothing else waits (:meth:`_next_sweep`), so a search that
         stops leaves none behind half-asked.
         """
@@ -723,10 +726,12 @@ class Search:
         if not (search.sweep and search.cache) or record.state != "complete" or record.stopped is not None \
                 or cache is None or cache.kind != "model" or not cache.stored or record.metrics is None:
             return 0
+        drop, accuracy = budget.max_accuracy_drop, record.metrics.accuracy
         if record.rung is not None and record.rung.index < len(search.rungs or ()) - 1:
-            return 0  # a lower rung: its promotion, if any, is swept
-        if budget.max_accuracy_drop is not None and self.base is not None and record.metrics.accuracy is not None \
-                and record.metrics.accuracy < self.base.metrics.accuracy - 2 * budget.max_accuracy_drop:
+            if drop is None or self.base is None or accuracy is None or accuracy < self.base.metrics.accuracy - drop:
+                return 0  # a lower rung under the floor: its promotion, if any, is swept
+        elif drop is not None and self.base is not None and accuracy is not None \
+                and accuracy < self.base.metrics.accuracy - 2 * drop:
             return 0
         fixed = {stage.value: self._searched(record, stage) for stage in (Stage.PRUNE, Stage.DISTILL)}
         own = (record.choices.get(Stage.QUANTIZE.value, (NONE, {}))[0],
@@ -745,7 +750,7 @@ class Search:
                     values = _warm_params(0, item, self.space)
                 except UserError:  # a pairing the space does not allow (e.g. a quantizer left out after pruning)
                     continue
-                key = json.dumps(values, sort_keys=True, default=str) if values is not None else None
+                key = json.dumps([values, rung], sort_keys=True, default=str) if values is not None else None
                 if key is None or key in self._swept:
                     continue
                 self._swept.add(key)
@@ -834,8 +839,8 @@ class Search:
             return False
         while self._sweeps:
             values, attrs = self._sweeps.pop(0)
-            study.enqueue_trial(values, user_attrs=attrs, skip_if_exists=True)
-            if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            if not _held(study, values, (attrs.get("sweep") or {}).get("rung", 0)):
+                study.enqueue_trial(values, user_attrs=attrs)
                 return True
         return False
 
@@ -1178,6 +1183,19 @@ def _carried(user_attrs: dict) -> dict:
     """What a re-queued trial keeps of its user attrs: its promotion, lineage and sweep (the memo keys of a
     saved fine-tune depend on the first two; a sweep's rung names the fine-tune it reads)."""
     return {k: user_attrs[k] for k in ("promote", "lineage", "sweep") if k in user_attrs}
+
+
+def _held(study: optuna.Study, values: dict, rung: int) -> bool:
+    """Whether ``study`` already holds a trial with parameters ``values`` at rung ``rung`` of the ladder (a
+    variant a resumed run had queued or run). Optuna's ``skip_if_exists`` compares parameters only, and a
+    scheduled length is not one: the same variant one rung up would be skipped."""
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if (attrs.get("promote") or attrs.get("sweep") or {}).get("rung", 0) != rung:
+            continue
+        if trial.system_attrs.get("fixed_params", trial.params) == values:
+            return True
+    return False
 
 
 def _kept_lineage(record: TrialRecord, user_attrs: dict) -> dict | None:
