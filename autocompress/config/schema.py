@@ -345,9 +345,10 @@ class SearchConfig(_Strict):
             of from the base; its record names the parent. Needs ``cache`` (the parent's model is
             read from the model cache).
         sweep: When a fine-tune finishes at the ladder's top rung (or without a ladder) within twice the
-            allowed drop of the base, or at a lower rung over the accuracy floor, its fine-tuned model (from the model cache) is quantized and
-            measured with every other quantizer option on every target runtime, at the parameters
-            the first-structure probes use: seconds each, no training. Needs ``cache``.
+            allowed drop of the base, or at a lower rung over the accuracy floor, its fine-tuned model
+            (from the model cache) is quantized and measured with every other quantizer option on every
+            target runtime, at the parameters the first-structure probes use: seconds each, no training.
+            Needs ``cache``.
         iterate: Iterative pruning: when a fine-tune finishes over the accuracy floor (at any rung of
             the ladder, or without one), the next value of its pruning ratio's searched grid, with
             the rest of its configuration, is queued at the first rung (after the sweep's variants,

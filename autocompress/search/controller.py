@@ -839,7 +839,7 @@ class Search:
             return False
         while self._sweeps:
             values, attrs = self._sweeps.pop(0)
-            if not _held(study, values, (attrs.get("sweep") or {}).get("rung", 0)):
+            if not _held(study, values, _rung_index(attrs)):
                 study.enqueue_trial(values, user_attrs=attrs)
                 return True
         return False
@@ -1035,7 +1035,7 @@ class Search:
                     self._enqueue_next(study)
                     trial = study.ask()
                     promote = trial.user_attrs.get("promote") or {}
-                    rung_index = promote.get("rung", (trial.user_attrs.get("sweep") or {}).get("rung", 0))
+                    rung_index = _rung_index(trial.user_attrs)
                     choices, rung = self._at_rung(self.space.suggest(trial, self.registry), rung_index,
                                                   promote.get("from"))
                     lineage = trial.user_attrs["lineage"] if "lineage" in trial.user_attrs else self._parent(choices)
@@ -1189,13 +1189,13 @@ def _held(study: optuna.Study, values: dict, rung: int) -> bool:
     """Whether ``study`` already holds a trial with parameters ``values`` at rung ``rung`` of the ladder (a
     variant a resumed run had queued or run). Optuna's ``skip_if_exists`` compares parameters only, and a
     scheduled length is not one: the same variant one rung up would be skipped."""
-    for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
-        if (attrs.get("promote") or attrs.get("sweep") or {}).get("rung", 0) != rung:
-            continue
-        if trial.system_attrs.get("fixed_params", trial.params) == values:
-            return True
-    return False
+    return any(_rung_index(trial.user_attrs) == rung and trial.system_attrs.get("fixed_params", trial.params) == values
+               for trial in study.get_trials(deepcopy=False))
+
+
+def _rung_index(user_attrs: dict) -> int:
+    """The rung a trial runs at: its promotion's, its sweep's (the fine-tune it reads), else the first."""
+    return (user_attrs.get("promote") or user_attrs.get("sweep") or {}).get("rung", 0)
 
 
 def _kept_lineage(record: TrialRecord, user_attrs: dict) -> dict | None:
