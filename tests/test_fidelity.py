@@ -164,6 +164,21 @@ def test_promotion_compares_a_trial_only_with_peers_at_least_as_compressed(tmp_p
     assert search._superseded() == {0}
 
 
+@pytest.mark.parametrize("rungs, first", [([1, 3, 9], 1), ([1, 5, 6], 0)])
+def test_the_promotion_that_adds_the_fewest_epochs_goes_first(tmp_path, rungs, first):
+    config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
+                                                  "max_accuracy_drop": 1.0}, "search": {"rungs": rungs, "eta": 3}})
+    search = Search(config=config, run_dir=tmp_path)
+    search.base = _record(-1, 80.0, 40.0, 1.0)
+    # trial 0, feasible at the middle rung; trial 1, more compressed, at the first rung under the floor
+    search.records = {0: _record(0, 79.5, 4.0, 0.5, index=1), 1: _record(1, 78.5, 3.0, 0.4, index=0)}
+    cheap, dear = (1, 0) if first == 1 else (0, 1)
+    found, rung = search._promotable()
+    assert found.number == cheap and rung == found.rung.index + 1
+    search._promoted.add(cheap)
+    assert search._promotable()[0].number == dear  # the dearer one still goes before any new trial
+
+
 def test_a_peerless_trial_is_not_promoted_when_the_rises_seen_cannot_lift_it_to_the_floor(tmp_path):
     config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
                                                   "max_accuracy_drop": 1.0}, "search": {"rungs": [1, 3, 9], "eta": 3}})

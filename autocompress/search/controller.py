@@ -581,11 +581,18 @@ class Search:
     def _promotable(self) -> tuple[TrialRecord, int] | None:
         """The next trial to promote and the rung it goes to, or ``None``.
 
-        Highest rungs first; within a rung, the most accurate first. A finished trial moves up when its
-        structure meets the latency and size budget and its validation accuracy ranks in the top
-        ``1/eta`` of the finished trials of its rung that are at least as compressed (no slower, beyond
-        ``latency_margin``, and no larger): a heavily pruned trial, which starts lower, is compared only
-        with trials that compress as much.
+        The cheapest promotion first (the fewest epochs added: the lowest rung on a growing ladder);
+        within a rung, the most accurate first. A finished trial moves up when its structure meets the
+        latency and size budget and its validation accuracy ranks in the top ``1/eta`` of the finished
+        trials of its rung that are at least as compressed (no slower, beyond ``latency_margin``, and no
+        larger): a heavily pruned trial, which starts lower, is compared only with trials that compress
+        as much.
+
+        Every rung's model is quantized, measured and can stand on the front, so the promotion that
+        costs least adds to the front soonest; all promotions still come before a new trial. Highest
+        rungs first (ASHA's order) spent 13 minutes of a night benchmark taking a feasible 40 % model
+        from 4 to 8 epochs while a 50 % model waited for its 2-minute step to 2 epochs, the one that
+        reached the hand pipeline's speed and size.
         """
         rungs, search = self.config.search.rungs, self.config.search
         if not rungs or len(rungs) < 2 or self.base is None:
@@ -593,7 +600,7 @@ class Search:
         # a sweep variant shares its source's fine-tune: the source is promoted, and its promotion swept
         done = [r for r in self.records.values() if r.state == "complete" and r.rung is not None and r.metrics
                 and r.metrics.accuracy is not None and r.stopped is None and r.swept_from is None]
-        for k in reversed(range(len(rungs) - 1)):
+        for k in sorted(range(len(rungs) - 1), key=lambda k: (rungs[k + 1] - rungs[k], k)):
             at = [r for r in done if r.rung.index == k]
             for c in sorted(at, key=lambda r: -r.metrics.accuracy):
                 if c.number in self._promoted or structure_verdict(
