@@ -164,15 +164,14 @@ def test_promotion_compares_a_trial_only_with_peers_at_least_as_compressed(tmp_p
     assert search._superseded() == {0}
 
 
-@pytest.mark.parametrize("rungs, first", [([1, 3, 9], 1), ([1, 5, 6], 0)])
-def test_the_promotion_that_adds_the_fewest_epochs_goes_first(tmp_path, rungs, first):
+@pytest.mark.parametrize("rungs, cheap, dear", [([1, 3, 9], 1, 0), ([1, 5, 6], 0, 1)])
+def test_the_promotion_that_adds_the_fewest_epochs_goes_first(tmp_path, rungs, cheap, dear):
     config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
                                                   "max_accuracy_drop": 1.0}, "search": {"rungs": rungs, "eta": 3}})
     search = Search(config=config, run_dir=tmp_path)
     search.base = _record(-1, 80.0, 40.0, 1.0)
     # trial 0, feasible at the middle rung; trial 1, more compressed, at the first rung under the floor
     search.records = {0: _record(0, 79.5, 4.0, 0.5, index=1), 1: _record(1, 78.5, 3.0, 0.4, index=0)}
-    cheap, dear = (1, 0) if first == 1 else (0, 1)
     found, rung = search._promotable()
     assert found.number == cheap and rung == found.rung.index + 1
     search._promoted.add(cheap)

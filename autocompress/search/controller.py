@@ -600,7 +600,7 @@ class Search:
         # a sweep variant shares its source's fine-tune: the source is promoted, and its promotion swept
         done = [r for r in self.records.values() if r.state == "complete" and r.rung is not None and r.metrics
                 and r.metrics.accuracy is not None and r.stopped is None and r.swept_from is None]
-        for k in sorted(range(len(rungs) - 1), key=lambda k: (rungs[k + 1] - rungs[k], k)):
+        for k in sorted(range(len(rungs) - 1), key=lambda i: (rungs[i + 1] - rungs[i], i)):
             at = [r for r in done if r.rung.index == k]
             for c in sorted(at, key=lambda r: -r.metrics.accuracy):
                 if c.number in self._promoted or structure_verdict(
