@@ -50,3 +50,14 @@ def test_the_latency_ratio_budget_judges_the_ratio_timed_beside_the_base_not_mil
     assert constraints(too_slow, budget, 80.0)["latency_vs_base"] == pytest.approx(0.2)
     both = BudgetConfig(max_latency_ms=1.0, max_size_mb=None, max_accuracy_drop=None, max_latency_vs_base=0.75)
     assert set(constraints(slow_machine, both, 80.0)) == {"latency", "latency_vs_base"}
+
+
+def test_the_speed_up_is_over_the_base_timed_beside_the_model_where_there_is_one():
+    from autocompress.objectives import vs_base
+
+    base = {"accuracy": 80.0, "latency_ms": 1.0, "size_mb": 40.0}
+    model = {"accuracy": 79.5, "latency_ms": 0.4, "size_mb": 4.0}   # timed in a window where the base read 1.6 ms
+    assert vs_base(model, base, latency_vs_base=0.25) == {
+        "accuracy_pp": -0.5, "latency_x": 4.0, "size_x": 10.0, "params_x": None, "macs_x": None, "memory_x": None,
+        "energy_x": None}
+    assert vs_base(model, base)["latency_x"] == 2.5   # no ratio from the same window: the two figures'

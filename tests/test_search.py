@@ -83,6 +83,15 @@ def test_records_hold_real_measurements(finished_run):
         assert r["base_latency_same_window"]["calls"] == 20
 
 
+def test_front_speed_ups_are_over_the_base_timed_beside_each_model(finished_run):
+    _, _, pareto = finished_run
+    assert pareto["front"]
+    for row in pareto["front"]:
+        # not the base's figure from the start of the run over the model's from its own window
+        assert row["vs_base"]["latency_x"] == round(1.0 / row["latency_vs_base"], 3)
+        assert row["vs_base"]["size_x"] == round(pareto["base"]["size_mb"] / row["metrics"]["size_mb"], 3)
+
+
 def test_front_is_non_dominated_and_its_artefacts_reload_exactly(finished_run):
     run, config, pareto = finished_run
     assert pareto["front"], "empty front"
