@@ -254,22 +254,19 @@ def refusal(problems: Iterable[Unmet], *, probed: int, dropped: int) -> str | No
     return f"{problems[0].field}: " + "; ".join(p.text for p in problems)
 
 
-def vs_base(m: Mapping[str, Any], base: Mapping[str, Any], *,
-            latency_vs_base: float | None = None) -> dict[str, float | None]:
+def vs_base(m: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float | None]:
     """Change vs the base: accuracy in pp, every other figure as how many times lower (``None`` where unknown).
 
-    Args:
-        m: The model's metrics.
-        base: The base's metrics.
-        latency_vs_base: The model's latency over the base's timed beside it, in the same window, where
-            there is one: the speed-up is then its inverse, not the ratio of two figures timed in
-            windows that may lie hours apart.
+    The speed-up is the inverse of the latency ratio the budget judges (:func:`latency_ratio`: to the
+    base timed beside the model) where ``m`` holds one, not the ratio of two figures timed in windows
+    that may lie hours apart.
     """
     out = {"accuracy_pp": round(m["accuracy"] - base["accuracy"], 4)}
     for key, name in (("latency_ms", "latency_x"), ("size_mb", "size_x"), ("params", "params_x"), ("macs", "macs_x"),
                       ("memory_mb", "memory_x"), ("energy_mj", "energy_x")):
         mine, theirs = m.get(key), base.get(key)
         out[name] = round(theirs / mine, 3) if mine and theirs is not None else None
-    if latency_vs_base:
-        out["latency_x"] = round(1.0 / latency_vs_base, 3)
+    ratio = latency_ratio(m)
+    if ratio:
+        out["latency_x"] = round(1.0 / ratio, 3)
     return out

@@ -1143,8 +1143,7 @@ class Search:
             rows.append({
                 "number": r.number, "choices": r.choices, "metrics": m, "artefact": r.artefact,
                 "latency": r.latency.to_json() if r.latency else None, "latency_vs_base": r.latency_vs_base,
-                "vs_base": vs_base(m, base, latency_vs_base=r.latency_vs_base) if base else None,
-                "footprint": r.footprint,
+                "vs_base": vs_base(m, base) if base else None, "footprint": r.footprint,
             })
         data = {
             "objectives": list(self.objectives), "directions": list(directions(self.objectives)),
