@@ -18,6 +18,38 @@ def test_front_keeps_trade_offs_and_drops_dominated():
     assert [r["number"] for r in front(records)] == [1, 0, 3]
 
 
+def timed(n, acc, ms, size, ratio, key=None, pooled=None, of=None):
+    m = {"accuracy": acc, "latency_ms": ms, "size_mb": size, "latency_vs_base": ratio}
+    if key is not None:
+        m.update(latency_key=key, latency_vs_base_pooled=pooled, latency_pooled_from=of)
+    return {"number": n, "metrics": m}
+
+
+def test_the_front_compares_latency_beside_the_base_not_milliseconds_from_windows_hours_apart():
+    # 0 was timed at the start of a night (the base read 1.0 ms), 1 hours later (the base read 1.5 ms)
+    early = timed(0, 79.0, 0.40, 3.0, 0.40)
+    late = timed(1, 80.0, 0.45, 3.0, 0.30)
+    assert [r["number"] for r in front([early, late])] == [1]
+    assert [r["number"] for r in front([early, late], ["accuracy", "size"])] == [1]
+    # a record with no ratio (a run from before it): all in milliseconds, as measured
+    old = rec(2, 78.0, 0.42, 2.0)
+    assert [r["number"] for r in front([early, late, old])] == [1, 0, 2]
+
+
+def test_one_structure_stands_on_the_front_by_its_most_accurate_artefact_and_its_latest_pooled_ratio():
+    # 1 and 2 share a structure: 2 is more accurate but a byte larger and was timed in a slower window
+    first = timed(1, 79.5, 0.30, 2.882435, 0.26, key="s", pooled=0.26, of=1)
+    later = timed(2, 80.5, 0.38, 2.882436, 0.40, key="s", pooled=0.33, of=6)
+    other = timed(3, 80.0, 0.33, 2.9, 0.30, key="t", pooled=0.30, of=3)
+    assert [r["number"] for r in front([first, later])] == [2]
+    # structure s is judged at 0.33 (pooled over 6 timings), not first's 0.26: other (0.30) is a trade-off
+    assert [r["number"] for r in front([first, later, other])] == [2, 3]
+    # without later, s reads 0.26 (first's own pooling): a trade-off with other
+    assert [r["number"] for r in front([first, other])] == [3, 1]
+    assert [r["number"] for r in front([timed(1, 79.5, 0.30, 2.8, 0.26, key="s", pooled=0.26, of=9), later, other])
+            ] == [2]
+
+
 def test_hypervolume_of_boxes():
     assert hypervolume([[0.5, 0.5]], [1, 1]) == pytest.approx(0.25)
     assert hypervolume([[0.5, 0.5], [0.25, 0.75]], [1, 1]) == pytest.approx(0.25 + 0.25 * 0.25)

@@ -10,7 +10,6 @@ from autocompress.objectives.budget import (
                                            caps_figures,
                                            constraints,
                                            is_feasible,
-                                           latency_ratio,
                                            probe_problem,
                                            proxy_verdict,
                                            refusal,
@@ -30,6 +29,7 @@ from autocompress.objectives.front import (
                                            front,
                                            has_objectives,
                                            hypervolume,
+                                           latency_ratio,
                                            metric_keys,
                                            objective_values,
 )

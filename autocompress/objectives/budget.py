@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from autocompress.objectives.front import metric_keys
+from autocompress.objectives.front import latency_ratio, metric_keys
 
 BUDGET_METRICS = {"max_latency_ms": "latency_ms", "max_size_mb": "size_mb", "max_params": "params",
                   "max_macs": "macs", "max_memory_mb": "memory_mb", "max_energy_mj": "energy_mj"}
@@ -50,13 +50,6 @@ def required_metrics(config) -> set[str]:
         if getattr(config.budget, field, None) is not None:
             needed.add(key)
     return needed
-
-
-def latency_ratio(metrics: Mapping[str, Any]) -> float | None:
-    """The latency ratio to the base the budget is judged on: the median over every measurement of the
-    structure (``latency_vs_base_pooled``) where the run has one, else this measurement's."""
-    pooled = metrics.get("latency_vs_base_pooled")
-    return pooled if pooled is not None else metrics.get("latency_vs_base")
 
 
 def constraints(record: Mapping[str, Any], budget, base_accuracy: float) -> dict[str, float]:

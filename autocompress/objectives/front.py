@@ -5,6 +5,11 @@ The objectives are chosen per run (``objectives:`` in the run config, 2 to 4 of
 the objectives as *metric keys* (``accuracy``, ``latency_ms``, ``size_mb``, ``params``, ``macs``,
 ``memory_mb``, ``energy_mj``), the keys of a record's ``metrics``; :func:`metric_keys` maps the
 config's names to them.
+
+Latency is timed in windows that may lie hours apart and drift (seen: the base read 1.07 ms at the
+start of a night and 1.57 ms beside its last trial), so :func:`front` compares it as the ratio to
+the base timed beside each model where every record has one, and a structure's artefacts by one
+ratio: the median over every measurement of that structure.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ def metric_keys(objectives: Iterable[str]) -> tuple[str, ...]:
 def directions(objectives: Iterable[str] = OBJECTIVES) -> tuple[str, ...]:
     """Optuna directions of objectives (names or metric keys): accuracy maximised, the rest minimised."""
     return tuple("maximize" if k == "accuracy" else "minimize" for k in metric_keys(objectives))
+
+
+def latency_ratio(metrics: Mapping[str, Any]) -> float | None:
+    """The latency ratio to the base the budget is judged on: the median over every measurement of the
+    structure (``latency_vs_base_pooled``) where the run has one, else this measurement's."""
+    pooled = metrics.get("latency_vs_base_pooled")
+    return pooled if pooled is not None else metrics.get("latency_vs_base")
 
 
 def _figures_of(record: Any) -> Mapping[str, Any]:
@@ -75,19 +87,52 @@ def dominates(a: list[float], b: list[float], directions=DIRECTIONS) -> bool:
 def front(records: list[Any], objectives: Iterable[str] = OBJECTIVES) -> list[Any]:
     """The records non-dominated in ``objectives`` (ties kept), the most accurate first.
 
+    Artefacts of one structure (the same ``latency_key``: base, runtime and structural steps) run
+    alike and weigh alike, so only the most accurate of them stands for it. Latency is compared as
+    the ratio to the base timed beside each model where every record has one (else in ms), and a
+    structure's as the latest median over all its measurements (``latency_vs_base_pooled`` of its
+    record pooled from the most): milliseconds from windows hours apart, or one window's ratio,
+    would let drift or noise decide (seen: a less accurate copy of a structure on the front for
+    having been timed in a quicker window).
+
     Args:
         records: Finished records (typed trial records or dicts), each holding every objective in its ``metrics``.
         objectives: Names or metric keys; the run's own.
     """
     keys = metric_keys(objectives)
     dirs = directions(keys)
-    values = [objective_values(r, keys) for r in records]
-    keep = [
-        r for i, r in enumerate(records)
-        if not any(dominates(values[j], values[i], dirs) for j in range(len(records)) if j != i)
-    ]
-    order = dict.fromkeys(("accuracy", *keys))  # the most accurate first, then by the objectives in turn
-    return sorted(keep, key=lambda r: tuple(-_figures_of(r)[k] if k == "accuracy" else _figures_of(r)[k] for k in order))
+    figures = [_figures_of(r) for r in records]
+    best: dict[str, int] = {}
+    for i, m in enumerate(figures):
+        key = m.get("latency_key")
+        if key is not None and (key not in best or m["accuracy"] > figures[best[key]]["accuracy"]):
+            best[key] = i
+    kept = [i for i, m in enumerate(figures) if m.get("latency_key") is None or best[m["latency_key"]] == i]
+    latency = _comparable_latency(figures) if "latency_ms" in keys else None
+    values = {i: [latency[i] if k == "latency_ms" and latency else float(figures[i][k]) for k in keys] for i in kept}
+    keep = [i for i in kept if not any(dominates(values[j], values[i], dirs) for j in kept if j != i)]
+    order = [keys.index(k) if k in keys else None for k in dict.fromkeys(("accuracy", *keys))]
+    return [records[i] for i in sorted(keep, key=lambda i: tuple(
+        -figures[i]["accuracy"] if at is None else (-values[i][at] if keys[at] == "accuracy" else values[i][at])
+        for at in order))]
+
+
+def _comparable_latency(figures: list[Mapping[str, Any]]) -> list[float] | None:
+    """Each record's latency as a ratio to the base timed beside it, a structure's the same for all its
+    artefacts (the pooled ratio counted over the most measurements); ``None`` when a record has no
+    ratio (runs from before it, or a record without a base timed beside it): milliseconds then."""
+    ratios = [latency_ratio(m) for m in figures]
+    if any(r is None for r in ratios):
+        return None
+    latest: dict[str, tuple[tuple[int, int], float]] = {}
+    for i, m in enumerate(figures):
+        key = m.get("latency_key")
+        if key is not None:
+            rank = (m.get("latency_pooled_from") or 1, i)
+            if key not in latest or rank > latest[key][0]:
+                latest[key] = (rank, ratios[i])
+    return [latest[m["latency_key"]][1] if m.get("latency_key") in latest else ratios[i]
+            for i, m in enumerate(figures)]
 
 
 def hypervolume(points: list[list[float]], reference: list[float]) -> float:

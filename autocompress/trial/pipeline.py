@@ -381,6 +381,7 @@ class _Trial:
         prior = self.history.seen() if self.history is not None else None
         with self.timer(f"export+measure ({self.runtime.name}{last})"):
             record = self._save_and_measure(result, final, prior=prior, **kw)
+        record["metrics"]["latency_key"] = self.structure_key
         ratio = record["metrics"].get("latency_vs_base")
         if self.history is not None and ratio is not None:
             self.history.add(ratio, self.spec.number)

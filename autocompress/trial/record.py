@@ -73,6 +73,8 @@ class Metrics(_Part):
             run has timed (this one, earlier trials', their probes'), which the latency budget is judged
             on: one window's ratio varies by ~10 % (seen: 0.44x, 0.47x and 0.52x for one structure).
         latency_pooled_from: How many measurements that median is of.
+        latency_key: The structure's key (base, runtime, structural steps): artefacts with the same key
+            run alike and weigh alike, so the front keeps the most accurate of them.
         macs / macs_int8 / memory_mb / energy_mj / energy_source: See :mod:`autocompress.measure.footprint`
             (runs from before these figures lack them).
         not_measured: Figure -> why it is ``None``.
@@ -89,6 +91,7 @@ class Metrics(_Part):
     latency_vs_base: float | None = None
     latency_vs_base_pooled: float | None = None
     latency_pooled_from: int | None = None
+    latency_key: str | None = None
     macs: int | None = None
     macs_int8: int | None = None
     memory_mb: float | None = None
