@@ -206,6 +206,7 @@ def export(
     """Write a front model as ONNX, TorchScript or a torch.export program; reload and re-measure it."""
     from rich.table import Table
 
+    from autocompress.objectives import latency_ratio
     from autocompress.results import FORMATS, ExportMismatch
     from autocompress.results import export as export_model
 
@@ -233,9 +234,22 @@ def export(
             table.add_row(label, "not evaluated", f"{new[key]:.4g}{unit}", "")
             continue
         change = new[key] - rec[key]
-        table.add_row(label, f"{rec[key]:.4g}{unit}", f"{new[key]:.4g}{unit}",
-                      f"{change:+.2f} pp" if unit == "%" else f"{new[key] / rec[key]:.2f}x" if rec[key] else "")
+        if unit == "%":
+            shown = f"{change:+.2f} pp"
+        elif key == "latency_ms":
+            shown = ""  # timed in another window: not a change of the model
+        else:
+            shown = f"{new[key] / rec[key]:.2f}x" if rec[key] else ""
+        table.add_row(label, f"{rec[key]:.4g}{unit}", f"{new[key]:.4g}{unit}", shown)
+    searched = latency_ratio(rec)
+    if new.get("latency_vs_base") is not None:
+        table.add_row("latency vs base timed beside", f"{searched:.3f}x" if searched is not None else "n/a",
+                      f"{new['latency_vs_base']:.3f}x", "")
     console.print(table)
+    where = "" if result.comparable or new.get("latency_vs_base") is None else \
+        " (and the search timed its trials on latency agents or a GPU, not this machine's CPU)"
+    console.print(f"latency is re-measured, not checked: one window's figures vary with the machine's load{where}; "
+                  "`autocompress retime RUN` times the base and the whole front together", highlight=False)
     console.print(f"wrote [bold]{result.path}[/]")
 
 

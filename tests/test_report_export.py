@@ -155,6 +155,10 @@ def test_export_reproduces_the_recorded_accuracy(run, tmp_path, precision, fmt):
     assert result.measured["accuracy"] == pytest.approx(recorded["accuracy"], abs=0.1)
     assert result.measured["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=0.1)
     assert result.measured["latency_ms"] > 0
+    # the base was timed beside the written file, as the search timed it beside the trial
+    assert result.comparable and result.measured["base_latency_ms"] > 0
+    assert result.measured["latency_vs_base"] == pytest.approx(
+        result.measured["latency_ms"] / result.measured["base_latency_ms"], abs=1e-4)
 
 
 def test_export_cli_prints_both_figures(run, tmp_path, monkeypatch, capsys):
@@ -163,6 +167,26 @@ def test_export_cli_prints_both_figures(run, tmp_path, monkeypatch, capsys):
                            "--out", out)
     assert code == 0 and out.is_file()
     assert "in search" in stdout and "exported" in stdout and "val top-1" in stdout and "latency" in stdout
+    searched = _records(run)[_front(run)["int8"]]["metrics"]
+    ratio = searched.get("latency_vs_base_pooled") or searched["latency_vs_base"]
+    row = next(line for line in stdout.splitlines() if "timed beside" in line)
+    mine, theirs = (float(x) for x in re.findall(r"(\d+\.\d+)x", row))
+    assert mine == pytest.approx(ratio, abs=1e-3) and theirs > 0
+    # figures of two windows get no change column: the same file has read 0.53x-0.77x the search's ratio
+    ms_row = next(line for line in stdout.splitlines() if "latency (batch" in line)
+    assert not re.search(r"\d+\.\d+x", ms_row)
+    assert "not checked" in stdout and "autocompress retime" in stdout
+
+
+def test_export_refuses_a_base_whose_bytes_changed_before_writing_anything(run, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("exports", "report.html"))
+    base = json.loads((copy / "base.json").read_text())
+    with open(copy / base["artefact"], "ab") as fh:
+        fh.write(b"\0")
+    code, _, err = _cli(monkeypatch, capsys, "export", copy, "--trial", _front(run)["int8"], "--format", "onnx")
+    assert code == 2 and "the base" in err and "SHA-256" in err
+    assert not (copy / "exports").exists()
 
 
 def test_export_mismatch_exits_1_and_removes_the_file(run, tmp_path, monkeypatch, capsys):

@@ -3,7 +3,9 @@
 The front trial's artefact is the deployable model. Writing it in its own format copies it; writing a
 float trial in another format converts the float module saved beside the artefact (exact: the same
 weights). The written file is then loaded on its runtime and measured again (val and test top-1,
-latency) so the figures can be checked against those recorded in the search.
+latency) so the figures can be checked against those recorded in the search. The base is timed beside
+it (interleaved rounds), so its latency ratio to the base compares with the one the search recorded;
+its milliseconds alone, from a window minutes or hours after the search's, would not.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from autocompress.results.load import (
     read_run,
     unreadable,
 )
+from autocompress.store import verify_files
 
 TOLERANCE_PP = 0.1  # re-measured top-1 may differ from the recorded one by at most this much
 
@@ -44,7 +47,10 @@ class ExportResult:
         runtime: What the file was loaded and timed with.
         recorded: Metrics recorded in the search.
         measured: ``accuracy``, ``test_accuracy``, ``latency_ms`` and ``size_mb`` of the written file
-            (empty when not verified).
+            (empty when not verified), and where the base was timed beside it ``base_latency_ms`` and
+            ``latency_vs_base`` (its ratio to the base's median in the same rounds).
+        comparable: Whether ``latency_vs_base`` compares with the ratio the search recorded: the search
+            timed on this machine's CPU (not on latency agents or a GPU) and the base was timed beside.
         batch_size: Batch of the latency measurement (the run's ``device.batch_size``).
     """
 
@@ -55,6 +61,7 @@ class ExportResult:
     recorded: dict
     measured: dict
     batch_size: int
+    comparable: bool = False
 
     def mismatches(self, tolerance: float = TOLERANCE_PP) -> list[str]:
         """Accuracy figures that differ from the recorded ones by more than ``tolerance`` pp."""
@@ -87,7 +94,8 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
         The :class:`ExportResult`.
 
     Raises:
-        UserError: Bad run folder, trial or format (including a format the trial cannot take).
+        UserError: Bad run folder, trial or format (including a format the trial cannot take), or a base
+            file that does not match the SHA-256 in its record.
         ExportMismatch: The written model's top-1 differs from the recorded one by more than 0.1 pp
             (the file is removed).
     """
@@ -103,6 +111,10 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
     if fmt not in allowed:
         raise UserError(f"--format: trial {trial} ({m.precision} {m.runtime} artefact, no float module) "
                         f"can be exported as {' or '.join(allowed)} only")
+    beside = info.base is not None and info.base.metrics is not None and bool(info.base.artefact) \
+        and bool(info.base.files) and verify
+    if beside:  # a run folder may come from elsewhere: the base's bytes are checked before anything is written
+        verify_files(info.base.files, info.path, "the base")
     out = Path(out) if out is not None else default_path(info.path, trial, fmt)
     if out.is_dir() or not out.suffix:
         out = out / default_path(info.path, trial, fmt).name
@@ -128,8 +140,19 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
         except UserError:
             out.unlink(missing_ok=True)  # a file that does not load is no export
             raise
-        result.measured = measure(predictor, data, config)
+        base = None
+        if beside:
+            from autocompress.measure import get_runtime
+            from autocompress.plugin import Artefact
+
+            b = info.base
+            with unreadable(f"the base: {info.path / b.artefact}"):
+                base = get_runtime(b.metrics.runtime).load(
+                    Artefact(info.path / b.artefact, b.metrics.runtime, b.metrics.precision),
+                    threads=config.device.threads)
+        result.measured = measure(predictor, data, config, base=base)
         result.measured["size_mb"] = round(out.stat().st_size / 1e6, 6)
+        result.comparable = base is not None and config.device.type == "cpu" and not config.device.agents
         wrong = result.mismatches()
         if wrong:
             out.unlink(missing_ok=True)
@@ -177,15 +200,28 @@ def load_predictor(path: Path, fmt: str, threads: int) -> Callable[[torch.Tensor
     return get_runtime(runtime).load(Artefact(Path(path), runtime), threads=threads)
 
 
-def measure(predict: Callable[[torch.Tensor], torch.Tensor], data, config) -> dict:
-    """Val and test top-1 and latency of a predictor, measured as the search measured them."""
+def measure(predict: Callable[[torch.Tensor], torch.Tensor], data, config, *,
+            base: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """Val and test top-1 and latency of a predictor, measured as the search measured them.
+
+    Args:
+        predict: The written model.
+        data: The run's data.
+        config: The run's config (its ``device`` settings time it).
+        base: The base's predictor: timed beside the model in interleaved rounds, for ``latency_vs_base``.
+    """
     from autocompress.measure import measure_latency, top1
 
     d = config.device
-    lat = measure_latency({"model": predict}, data.test.example(d.batch_size), warmup=d.warmup,
-                          repeats=d.repeats, rounds=d.rounds, threads=d.threads)["model"]
-    return {
+    predictors = {"model": predict} | ({"base": base} if base is not None else {})
+    lat = measure_latency(predictors, data.test.example(d.batch_size), warmup=d.warmup,
+                          repeats=d.repeats, rounds=d.rounds, threads=d.threads)
+    out = {
         "accuracy": round(top1(predict, data.val, batch_size=config.data.batch_size), 4),
         "test_accuracy": round(top1(predict, data.test, batch_size=config.data.batch_size), 4),
-        "latency_ms": lat.median_ms,
+        "latency_ms": lat["model"].median_ms,
     }
+    if base is not None:
+        out["base_latency_ms"] = lat["base"].median_ms
+        out["latency_vs_base"] = round(lat["model"].median_ms / lat["base"].median_ms, 4)
+    return out
