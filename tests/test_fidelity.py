@@ -18,7 +18,7 @@ from autocompress.errors import UserError
 from autocompress.models import Rung, fit
 from autocompress.models import _WarmupStableDecay as WSD
 from autocompress.plugin import Stage, discover
-from autocompress.search.controller import Search
+from autocompress.search.controller import Search, _unstarted_firsts
 from autocompress.search.space import parse_search_space
 from autocompress.trial import TrialRecord, read_trials
 
@@ -302,3 +302,41 @@ def test_first_structures_are_probed_beside_the_base_and_fine_tuned_with_the_pro
     # calibration, which leaves the structure alone, is the sampler's
     assert first["quantize"][0] == "int8_static" and first["quantize"][1]["keep_first_last_float"] is False
     assert "the reference timed beside it" in (tmp_path / "out" / "run.log").read_text()
+
+
+def test_until_a_model_is_feasible_the_fine_tune_nearest_the_floor_goes_on_before_other_first_structures(tmp_path):
+    config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
+                                                  "max_accuracy_drop": 1.0}, "search": {"rungs": [1, 2, 4], "eta": 3}})
+    search = Search(config=config, run_dir=tmp_path)
+    search.base = _record(-1, 80.0, 40.0, 1.0)  # floor 79 %
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for a, values in enumerate(([78.6, 0.5, 4.0], [77.0, 0.4, 3.0])):
+        study.enqueue_trial({"a": a})
+        trial = study.ask()
+        trial.suggest_int("a", 0, 9)
+        study.tell(trial, values)
+    # trial 0 (the least compressing first structure) at the second rung, 0.4 pp under the floor; trial 1,
+    # more compressed, at the first; a third first structure not started yet
+    search.records = {0: _record(0, 78.6, 4.0, 0.5, index=1), 1: _record(1, 77.0, 3.0, 0.4, index=0)}
+    study.set_user_attr("first_structures", [{"a": 0}, {"a": 1}, {"a": 2}])
+    search._firsts = _unstarted_firsts(study)
+    assert search._firsts == [{"a": 2}]  # what a resume reads back: the one the study does not hold
+
+    assert search._promotable()[0].number == 1  # the cheapest promotion, once a model is feasible
+    search._enqueue_next(study)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs.get("promote") for t in waiting] == [{"from": 0, "rung": 2}]  # nearest the floor
+    assert "no feasible model yet" in (tmp_path / "run.log").read_text()
+    assert search._firsts == [{"a": 2}]  # the other first structure waits
+
+    study.ask()  # the promotion starts; it finishes feasible
+    search.records[2] = _record(2, 79.4, 4.0, 0.5, index=2, promoted_from=0)
+    search.records[2].feasible = True
+    search._enqueue_next(study)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"a": 2}]  # now the first structure
+    assert search._firsts == []
+    study.ask()
+    search._enqueue_next(study)  # then the promotions, cheapest first
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs.get("promote") for t in waiting] == [{"from": 1, "rung": 1}]
