@@ -338,7 +338,9 @@ class SearchConfig(_Strict):
         decay: Share of each rung's epochs spent decaying the learning rate to zero.
         first_structures: Without warm starts in the space, probe the pruning ratios first
             (untrained, seconds each) and fine-tune first the least compressing structures that
-            meet the latency and size budget, one per quantizer.
+            meet the latency and size budget, one per quantizer: the least compressing of them
+            first, carried up the ladder (the most accurate at any rung) until a model meets the
+            whole budget, then the others.
         lineage: A new trial whose pruning plugin can prune further (``channel_prune``) starts from the
             fine-tuned model of a finished trial with the same pruning parameters but a lower ratio
             (the highest such ratio, then the most accurate), pruned further to its own ratio, instead
