@@ -340,3 +340,18 @@ def test_until_a_model_is_feasible_the_fine_tune_nearest_the_floor_goes_on_befor
     search._enqueue_next(study)  # then the promotions, cheapest first
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs.get("promote") for t in waiting] == [{"from": 1, "rung": 1}]
+
+
+def test_optuna_is_told_latency_beside_the_base_not_milliseconds_from_a_drifted_window(tmp_path):
+    config = RunConfig.model_validate({"budget": {"max_latency_ms": None, "max_size_mb": 5.0,
+                                                  "max_accuracy_drop": 1.0}})
+    search = Search(config=config, run_dir=tmp_path)
+    search.base = _record(-1, 80.0, 40.0, 2.0)  # the base read 2.0 ms at the run's start
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    # timed later, in a window 1.5x slower: 1.5 ms, but half the base timed beside it
+    record = _record(0, 79.5, 4.0, 0.5)
+    record.metrics.latency_ms = 1.5
+    trial = study.ask()
+    search._tell(study, trial, record)
+    assert study.trials[0].values == [79.5, pytest.approx(1.0), 4.0]  # 0.5 x the base's 2.0 ms
+    assert search.records[0].metrics.latency_ms == 1.5  # the record keeps what was measured

@@ -95,3 +95,19 @@ def test_the_speed_up_is_over_the_base_timed_beside_the_model_where_there_is_one
         "energy_x": None}
     assert vs_base({**beside, "latency_vs_base_pooled": 0.2}, base)["latency_x"] == 5.0  # what the budget judges
     assert vs_base(model, base)["latency_x"] == 2.5   # no ratio from the same window: the two figures'
+
+
+def test_the_reports_projection_lines_follow_the_runs_front_rule():
+    import time
+
+    from autocompress.results.report import _front_2d
+    from autocompress.trial import TrialRecord
+
+    def typed(n, acc, ms, ratio):
+        return TrialRecord.measured(number=n, choices={}, started=time.time(), host=None, structure_only=False, parts={
+            "metrics": {"accuracy": acc, "latency_ms": ms, "size_bytes": 3_000_000, "size_mb": 3.0, "params": 1,
+                        "precision": "int8", "runtime": "onnxruntime", "latency_vs_base": ratio}})
+
+    # 1 is faster and more accurate beside the base; 0 only read fewer milliseconds, in a quicker window
+    early, late = typed(0, 79.0, 0.40, 0.40), typed(1, 80.0, 0.45, 0.30)
+    assert [r.number for r in _front_2d([early, late], "latency_ms", "accuracy")] == [1]

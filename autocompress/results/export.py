@@ -21,6 +21,7 @@ from autocompress.errors import UserError
 from autocompress.results.load import (
     ARTEFACT_FORMAT,
     FORMATS,
+    artefact_predictor,
     float_module,
     front_record,
     possible_formats,
@@ -140,16 +141,7 @@ def export(run: Path | str, trial: int, fmt: str, out: Path | str | None = None,
         except UserError:
             out.unlink(missing_ok=True)  # a file that does not load is no export
             raise
-        base = None
-        if beside:
-            from autocompress.measure import get_runtime
-            from autocompress.plugin import Artefact
-
-            b = info.base
-            with unreadable(f"the base: {info.path / b.artefact}"):
-                base = get_runtime(b.metrics.runtime).load(
-                    Artefact(info.path / b.artefact, b.metrics.runtime, b.metrics.precision),
-                    threads=config.device.threads)
+        base = artefact_predictor(info, info.base, "the base", threads=config.device.threads) if beside else None
         result.measured = measure(predictor, data, config, base=base)
         result.measured["size_mb"] = round(out.stat().st_size / 1e6, 6)
         result.comparable = base is not None and config.device.type == "cpu" and not config.device.agents

@@ -143,6 +143,18 @@ def unreadable(what: str):
         raise UserError(f"{what}: cannot be loaded ({type(err).__name__}: {text[0][:200] if text else ''})") from None
 
 
+def artefact_predictor(info: RunInfo, record: TrialRecord, what: str, *, threads: int, device: str = "cpu"):
+    """``record``'s artefact (the base's, or a trial's) loaded with the runtime that measured it, for timing
+    beside another; a file that does not load is one line naming ``what`` (its bytes were checked by the
+    caller, e.g. with :func:`~autocompress.store.verify_files`)."""
+    from autocompress.measure import get_runtime
+    from autocompress.plugin import Artefact
+
+    artefact = Artefact(info.path / record.artefact, record.metrics.runtime, record.metrics.precision)
+    with unreadable(f"{what}: {artefact.path}"):
+        return get_runtime(artefact.runtime).load(artefact, threads=threads, device=device)
+
+
 def preprocessing(info: RunInfo) -> dict:
     """Input size and normalisation of a run (``data.json``; rebuilt from the config for older runs)."""
     if (info.path / "data.json").is_file():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autocompress.objectives import OBJECTIVES, directions, dominates, has_objectives, hypervolume, metric_keys
+from autocompress.objectives import OBJECTIVES, front, has_objectives, hypervolume, metric_keys
 from autocompress.results.display import describe_choices, short_count
 from autocompress.trial import TrialRecord
 
@@ -267,13 +267,11 @@ def _base_hover(b: dict) -> str:
             f"<br>{b['latency_ms']:.4f} ms, {b['size_mb']:.3f} MB, {b['precision']}<br>{html.escape(_figures_line(b))}")
 
 
-def _front_2d(records: list[dict], x: str, y: str) -> list[dict]:
-    # Non-dominated in this pair of objectives, ordered along x (for a step line).
-    records = [r for r in records if has_objectives(r, (x, y))]
-    vals = [[r.metrics.figure(x), r.metrics.figure(y)] for r in records]
-    dirs = directions((x, y))
-    keep = [r for i, r in enumerate(records)
-            if not any(dominates(vals[j], vals[i], dirs) for j in range(len(records)) if j != i)]
+def _front_2d(records: list[TrialRecord], x: str, y: str) -> list[TrialRecord]:
+    """The front of this pair of objectives by the run's own rule (:func:`~autocompress.objectives.front`:
+    latency as the ratio to the base timed beside each model, one model per structure), ordered along x
+    for a step line drawn through the figures as measured."""
+    keep = front([r for r in records if has_objectives(r, (x, y))], (x, y))
     return sorted(keep, key=lambda r: r.metrics.figure(x))
 
 

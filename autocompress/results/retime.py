@@ -25,7 +25,7 @@ import torch
 
 from autocompress.device import describe, paired_ratio
 from autocompress.errors import UserError
-from autocompress.results.load import front_record, read_run, unreadable
+from autocompress.results.load import artefact_predictor, front_record, read_run
 from autocompress.results.show import RETIME_FILE
 from autocompress.store import atomic_write, verify_files
 
@@ -50,8 +50,7 @@ def retime(run: Path | str, *, rounds: int = DEFAULT_ROUNDS, threads: int | None
         UserError: Not a run folder, no base or no front, latency measured on agents, a file that does
             not match its record, or ``rounds`` < 2.
     """
-    from autocompress.measure import get_runtime, measure_latency
-    from autocompress.plugin import Artefact
+    from autocompress.measure import measure_latency
 
     if rounds < 2:
         raise UserError(f"--rounds: {rounds} is not allowed; at least 2 (pairing by round needs rounds)")
@@ -69,12 +68,8 @@ def retime(run: Path | str, *, rounds: int = DEFAULT_ROUNDS, threads: int | None
     records = {BASE: info.base} | {n: front_record(info, n) for n in sorted(info.front_numbers)}
     threads = threads or d.threads
     torch.set_num_threads(threads)
-    predictors = {}
-    for key, record in records.items():
-        what = "the base" if key == BASE else f"trial {key}"
-        artefact = Artefact(info.path / record.artefact, record.metrics.runtime, record.metrics.precision)
-        with unreadable(f"{what}: {artefact.path}"):
-            predictors[key] = get_runtime(artefact.runtime).load(artefact, threads=threads, device=d.type)
+    predictors = {key: artefact_predictor(info, record, "the base" if key == BASE else f"trial {key}",
+                                          threads=threads, device=d.type) for key, record in records.items()}
     example = torch.randn(d.batch_size, 3, config.model.img_size, config.model.img_size,
                           generator=torch.Generator().manual_seed(0))
     started = dt.datetime.now()

@@ -474,7 +474,7 @@ class Search:
                 for key, value in (record.get("constraints") or {}).items():
                     trial.set_constraint(key, value)
             if record["state"] == "complete":
-                study.tell(t.number, objective_values(record, self.objectives))
+                study.tell(t.number, self._told(record))
             else:
                 if record.get("interrupted"):
                     self._requeue(study, t.params, _carried(t.user_attrs))
@@ -1168,9 +1168,23 @@ class Search:
         self.records[record.number] = record
         self.run.append_trial(record)
         if record.state == "complete":
-            study.tell(trial, objective_values(record, self.objectives))
+            study.tell(trial, self._told(record))
         else:
             study.tell(trial, state=_optuna_state(record))
+
+    def _told(self, record: TrialRecord | dict) -> list[float]:
+        """The objective values Optuna is told for a finished record: its measured figures, but latency as
+        its ratio to the base timed beside it (:func:`~autocompress.objectives.latency_ratio`) times the
+        base's own milliseconds, where both are known: the sampler ranks trials as the front does, not by
+        milliseconds from windows that drift apart over a night (seen: the base at 1.07 ms at a night's
+        start and 1.57 ms beside its last trial); still milliseconds, so a resumed older study compares."""
+        values = objective_values(record, self.objectives)
+        metrics = (record.get("metrics") or {}) if isinstance(record, dict) else record.metrics
+        ratio = latency_ratio(metrics)
+        base_ms = self.base.metrics.latency_ms if self.base is not None and self.base.metrics is not None else None
+        if "latency_ms" in self.objectives and ratio is not None and base_ms:
+            values[self.objectives.index("latency_ms")] = float(ratio) * base_ms
+        return values
 
     def _write_pareto(self) -> dict:
         superseded = self._superseded()
