@@ -844,10 +844,10 @@ class Search:
         (:meth:`_first_structures`); the next promotion, cheapest first; else the sampler's draw.
 
         A variant takes seconds, a promotion a fine-tune. Until one model meets the whole budget the
-        most promising fine-tune goes on first, as an engineer would take it: on five night benchmarks
-        the other first structures and their promotions (another quantizer's, or fp32's, more pruned)
-        ran first and cost 3-6 minutes before the first feasible model, which the least compressing
-        structure gave every time. A promotion is decided here, at its ask, not queued ahead: decided
+        most promising fine-tune goes on first, as an engineer would take it: on three night benchmarks
+        (seeds 2-4) the other first structures and their promotions (another quantizer's, or fp32's,
+        more pruned) ran before the least compressing one's 4-epoch step, which gave the first feasible
+        model, and cost 3-6 minutes. A promotion is decided here, at its ask, not queued ahead: decided
         earlier (seen: two behind a 9-epoch fine-tune) it missed what that fine-tune showed
         (:meth:`_out_of_reach`) and held up the step it led to."""
         if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
