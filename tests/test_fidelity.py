@@ -348,6 +348,7 @@ def test_optuna_is_told_latency_beside_the_base_not_milliseconds_from_a_drifted_
     search = Search(config=config, run_dir=tmp_path)
     search.base = _record(-1, 80.0, 40.0, 2.0)  # the base read 2.0 ms at the run's start
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    search._latency_scale_ms = 2.0  # as _study keeps it for the whole run (a resume re-times the base)
     # timed later, in a window 1.5x slower: 1.5 ms, but half the base timed beside it
     record = _record(0, 79.5, 4.0, 0.5)
     record.metrics.latency_ms = 1.5

@@ -114,6 +114,7 @@ class Search:
         self._swept: set[str] = set()  # every variant queued by this process (its params as JSON)
         self._unreachable: set[int] = set()  # trials not promoted as out of reach (logged once)
         self._firsts: list[dict] = []  # first structures not yet enqueued (params), least compressing first
+        self._latency_scale_ms: float | None = None  # what Optuna's latency ratios are multiplied by (_told)
         self.normalisation_note = ""
         self.val_images: int | None = None  # the validation split's size (data.json), once prepared
 
@@ -424,6 +425,9 @@ class Search:
         if not study.metric_names:
             study.set_metric_names(list(self.objectives))
         study.set_user_attr("run_dir", str(self.run.path.resolve()))
+        if "latency_scale_ms" not in study.user_attrs and self.base is not None and self.base.metrics is not None:
+            study.set_user_attr("latency_scale_ms", self.base.metrics.latency_ms)  # see _told; kept across resumes
+        self._latency_scale_ms = study.user_attrs.get("latency_scale_ms")
         if study.trials:  # resumed: a seed of its own, or a seeded sampler would replay the first run's draws
             s = self.config.search
             study.sampler = make_sampler(self.config.model_copy(
@@ -1174,16 +1178,16 @@ class Search:
 
     def _told(self, record: TrialRecord | dict) -> list[float]:
         """The objective values Optuna is told for a finished record: its measured figures, but latency as
-        its ratio to the base timed beside it (:func:`~autocompress.objectives.latency_ratio`) times the
-        base's own milliseconds, where both are known: the sampler ranks trials as the front does, not by
+        its ratio to the base timed beside it (:func:`~autocompress.objectives.latency_ratio`) times one
+        fixed figure, the base's milliseconds when the study began (study user attr ``latency_scale_ms``;
+        a resumed process re-times the base): the sampler ranks trials as the front does, not by
         milliseconds from windows that drift apart over a night (seen: the base at 1.07 ms at a night's
         start and 1.57 ms beside its last trial); still milliseconds, so a resumed older study compares."""
         values = objective_values(record, self.objectives)
         metrics = (record.get("metrics") or {}) if isinstance(record, dict) else record.metrics
         ratio = latency_ratio(metrics)
-        base_ms = self.base.metrics.latency_ms if self.base is not None and self.base.metrics is not None else None
-        if "latency_ms" in self.objectives and ratio is not None and base_ms:
-            values[self.objectives.index("latency_ms")] = float(ratio) * base_ms
+        if "latency_ms" in self.objectives and ratio is not None and self._latency_scale_ms:
+            values[self.objectives.index("latency_ms")] = float(ratio) * self._latency_scale_ms
         return values
 
     def _write_pareto(self) -> dict:
