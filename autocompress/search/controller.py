@@ -865,13 +865,13 @@ class Search:
             self._promote(study)
 
     def _next_first(self, study: optuna.Study) -> bool:
-        """Enqueues the next first structure not yet in the study; whether one was."""
+        """Enqueues the next first structure the study does not hold yet (as :meth:`_next_sweep` does its
+        variants); whether one was."""
         while self._firsts:
             values = self._firsts.pop(0)
             if not _held(study, values, 0):
-                study.enqueue_trial(values, skip_if_exists=True)
-                if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-                    return True
+                study.enqueue_trial(values)
+                return True
         return False
 
     def _next_sweep(self, study: optuna.Study) -> bool:
