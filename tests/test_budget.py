@@ -5,9 +5,9 @@ check before a search, each judged both ways on figures measured in a stored run
 import pytest
 
 from autocompress.config.schema import BudgetConfig, RunConfig
-from autocompress.objectives import (STOPPED_VIOLATION, Unmet, caps_figures, constraints, is_feasible, probe_problem,
-                                     proxy_verdict, refusal, required_metrics, stopped_constraints, structure_verdict,
-                                     within_budget)
+from autocompress.objectives import (STOPPED_VIOLATION, Unmet, caps_figures, constraints, fixed_verdict, is_feasible,
+                                     probe_problem, proxy_verdict, refusal, required_metrics, stopped_constraints,
+                                     structure_verdict, within_budget)
 
 BASE = {"accuracy": 92.2006, "latency_ms": 0.77761, "size_mb": 13.563937, "params": 3377730, "macs": 11166720,
         "memory_mb": 59.503, "energy_mj": None, "runtime": "onnxruntime"}
@@ -92,6 +92,16 @@ def test_structure_verdict_margin_counts_for_measured_figures_only():
     assert structure_verdict(PROBE, _budget(max_size_mb=1.1435), 0.5) is None
     assert structure_verdict(PROBE, _budget(max_size_mb=1.14), 0.5) is not None     # size: exact, whatever the margin
     assert structure_verdict(PROBE, _budget(max_memory_mb=1.0), 0.1) is None          # memory not measured: unknown
+
+
+def test_fixed_verdict_names_what_the_structure_fixes_and_leaves_timed_figures_out():
+    assert fixed_verdict(PROBE, _budget(max_size_mb=1.0)) == "size 1.143 MB > budget 1.0 MB"
+    assert fixed_verdict(PROBE, _budget(max_params=870305)) == "params 870,306 > budget 870,305"
+    assert fixed_verdict(PROBE, _budget(max_macs=2.8e6)) == "MACs 2,842,624 > budget 2,800,000"
+    # latency and memory can read differently on another window: never a fixed verdict
+    assert fixed_verdict({**PROBE, "memory_mb": 17.0}, _budget(max_latency_ms=0.1, max_latency_vs_base=0.1,
+                                                                max_memory_mb=1.0)) is None
+    assert fixed_verdict(PROBE, _budget(max_size_mb=1.2)) is None
 
 
 def _problem(caps, probe=PROBE, runtime="onnxruntime"):

@@ -174,3 +174,31 @@ def test_a_lower_rung_variant_is_not_promoted_and_the_promotion_is_swept_again(t
     assert search._next_sweep(study)
     assert study.ask().user_attrs["sweep"] == {"from": 2, "rung": 2}
     assert search._sweep(_finished(2, 79.8, index=2), None) == 0  # once per rung
+
+
+def test_a_variant_whose_structure_already_broke_the_size_budget_is_not_queued_again(tmp_path, tiny_config_dict):
+    search = _prepared(tmp_path, tiny_config_dict, {"none": {}, "int8_static": {}, "nncf_int8": {}},
+                       device={"runtime": ["onnxruntime", "openvino"]}, budget={"max_size_mb": 0.0015})
+    record = _finished(0, 79.5)
+    record.choices["runtime"] = ["onnxruntime", {}]
+
+    def fp32(number: int, runtime: str, prune: list) -> TrialRecord:
+        over = _finished(number, 70.0, index=0)  # another fine-tune, another rung: size does not follow training
+        over.choices.update(runtime=[runtime, {}], prune=prune)
+        over.metrics.size_mb, over.metrics.runtime = 0.002, runtime
+        return over
+
+    # an fp32 artefact over the size budget, of another structure (pruned): nothing of this one is known
+    search.records = {7: fp32(7, "openvino", ["channel_prune", {"ratio": 0.5}])}
+    assert search._sweep(record, None) == 3
+    search._swept.clear()
+    search._sweeps.clear()
+    # the same structure in fp32 on OpenVINO was over it: that variant is left out, the int8 ones go on
+    search.records[8] = fp32(8, "openvino", ["none", {}])
+    assert search._sweep(record, None) == 2
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    queued = []
+    while search._next_sweep(study):
+        choices = search.space.suggest(study.ask(), search.registry)
+        queued.append((choices["runtime"][0], choices["quantize"][0]))
+    assert sorted(queued) == [("onnxruntime", "int8_static"), ("openvino", "nncf_int8")]

@@ -9,6 +9,7 @@ from autocompress.objectives.budget import (
                                            Unmet,
                                            caps_figures,
                                            constraints,
+                                           fixed_verdict,
                                            is_feasible,
                                            probe_problem,
                                            proxy_verdict,
@@ -34,4 +35,4 @@ from autocompress.objectives.front import (
                                            objective_values,
 )
 
-__all__ = ['BUDGET_METRICS', 'DEFAULT_OBJECTIVES', 'LATENCY_NOISE', 'OBJECTIVES', 'OBJECTIVE_KEYS', 'STOPPED_VIOLATION', 'TIMED', 'Unmet', 'caps_figures', 'constraints', 'directions', 'dominates', 'front', 'has_objectives', 'hypervolume', 'is_feasible', 'latency_ratio', 'metric_keys', 'objective_values', 'probe_problem', 'proxy_verdict', 'refusal', 'required_metrics', 'stopped_constraints', 'structure_verdict', 'vs_base', 'within_budget']
+__all__ = ['BUDGET_METRICS', 'DEFAULT_OBJECTIVES', 'LATENCY_NOISE', 'OBJECTIVES', 'OBJECTIVE_KEYS', 'STOPPED_VIOLATION', 'TIMED', 'Unmet', 'caps_figures', 'constraints', 'directions', 'dominates', 'fixed_verdict', 'front', 'has_objectives', 'hypervolume', 'is_feasible', 'latency_ratio', 'metric_keys', 'objective_values', 'probe_problem', 'proxy_verdict', 'refusal', 'required_metrics', 'stopped_constraints', 'structure_verdict', 'vs_base', 'within_budget']

@@ -125,14 +125,33 @@ def stopped_constraints(record: Mapping[str, Any], budget, base_accuracy: float)
     return cons
 
 
+def fixed_verdict(metrics: Mapping[str, Any], budget) -> str | None:
+    """Which budget a measured artefact breaks by its structure alone, or ``None``: size, params and
+    MACs, which no training changes and no timing noise blurs (an artefact of the same structure,
+    quantizer and runtime breaks it too)."""
+    return next(iter(_fixed_misses(metrics, budget).values()), None)
+
+
+def _fixed_misses(metrics: Mapping[str, Any], budget) -> dict[str, str]:
+    misses = {}
+    if budget.max_size_mb is not None and metrics.get("size_mb") is not None and metrics["size_mb"] > budget.max_size_mb:
+        misses["size"] = f"size {metrics['size_mb']:.3f} MB > budget {budget.max_size_mb} MB"
+    if budget.max_params is not None and metrics.get("params") is not None and metrics["params"] > budget.max_params:
+        misses["params"] = f"params {metrics['params']:,} > budget {budget.max_params:,}"
+    if budget.max_macs is not None and metrics.get("macs") is not None and metrics["macs"] > budget.max_macs:
+        misses["macs"] = f"MACs {metrics['macs']:,} > budget {budget.max_macs:,.0f}"
+    return misses
+
+
 def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float) -> str | None:
     """Why a structure (measured before any training) can never meet the budget, or ``None``.
 
     Size, params and MACs are fixed by the structure and compared exactly; latency, its ratio to the
     base, memory and energy are measured, so they get ``latency_margin`` (``0.1`` = 10 %) for noise.
     """
-    if budget.max_size_mb is not None and metrics["size_mb"] > budget.max_size_mb:
-        return f"size {metrics['size_mb']:.3f} MB > budget {budget.max_size_mb} MB before fine-tuning"
+    fixed = _fixed_misses(metrics, budget)
+    if "size" in fixed:
+        return f"{fixed['size']} before fine-tuning"
     margin = 1 + latency_margin
     if budget.max_latency_ms is not None and metrics["latency_ms"] > budget.max_latency_ms * margin:
         return (f"latency {metrics['latency_ms']:.3f} ms > budget {budget.max_latency_ms} ms "
@@ -141,10 +160,8 @@ def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float)
     if budget.max_latency_vs_base is not None and ratio is not None and ratio > budget.max_latency_vs_base * margin:
         return (f"latency {ratio:.3f}x the base > budget {budget.max_latency_vs_base}x "
                 f"(+{latency_margin:.0%} margin) before fine-tuning")
-    if budget.max_params is not None and metrics.get("params") is not None and metrics["params"] > budget.max_params:
-        return f"params {metrics['params']:,} > budget {budget.max_params:,}"
-    if budget.max_macs is not None and metrics.get("macs") is not None and metrics["macs"] > budget.max_macs:
-        return f"MACs {metrics['macs']:,} > budget {budget.max_macs:,.0f}"
+    if fixed:
+        return next(iter(fixed.values()))
     for field, key, unit in (("max_memory_mb", "memory_mb", "MB memory"), ("max_energy_mj", "energy_mj", "mJ")):
         limit, value = getattr(budget, field), metrics.get(key)
         if limit is not None and value is not None and value > limit * margin:

@@ -30,6 +30,7 @@ from autocompress.objectives import (
     caps_figures,
     constraints,
     directions,
+    fixed_verdict,
     front,
     is_feasible,
     latency_ratio,
@@ -736,8 +737,10 @@ class Search:
         the quantizer's parameters at their most compressing values (:meth:`_probe_params`); its user
         attr ``sweep`` names the trial. A fine-tune is swept at the top rung within twice the allowed drop,
         and at a lower rung over the accuracy floor (it is feasible already; its variants need not wait
-        minutes for the top rung). Variants of variants are not made (they trained nothing), nor promoted. The
-        study gets them one at a time, when nothing else waits (:meth:`_next_sweep`), so a search that
+        minutes for the top rung). Variants of variants are not made (they trained nothing), nor promoted; nor
+        one whose structure, quantizer and runtime an earlier artefact showed over the size, params or MACs
+        budget (:meth:`_fixed_misses`; on the night benchmark each pruned structure's fp32 variants were
+        re-measured at every rung). The study gets them one at a time, when nothing else waits (:meth:`_next_sweep`), so a search that
         stops leaves none behind half-asked.
         """
         search, budget = self.config.search, self.config.budget
@@ -756,13 +759,16 @@ class Search:
         own = (record.choices.get(Stage.QUANTIZE.value, (NONE, {}))[0],
                record.choices.get("runtime", (None, {}))[0] if len(self.space.runtimes or []) > 1 else None)
         rung = record.rung.index if record.rung is not None else 0
-        added = 0
+        added, broken = 0, self._fixed_misses()
         for runtime in self.space.runtimes or [None]:
             for quantizer in self.space.options(Stage.QUANTIZE, runtime, pruned=True) or [NONE]:
                 one_runtime = not runtime or len(self.space.runtimes) < 2
                 if (quantizer, None if one_runtime else runtime) == own:
                     continue
                 params = self._probe_params(quantizer) if quantizer != NONE else {}
+                variant = {**record.choices, Stage.QUANTIZE.value: (quantizer, params)}
+                if self._shape(variant, runtime or record.metrics.runtime) in broken:
+                    continue  # measured over a fixed budget before: the same structure on it is again
                 item = {**fixed, "quantize": {quantizer: params} if params else quantizer,
                         **({} if one_runtime else {"runtime": runtime})}
                 try:
@@ -779,6 +785,35 @@ class Search:
             self.log(f"sweep: trial {record.number}'s fine-tuned model queued with {added} other quantizer/runtime "
                      "choice(s), no training")
         return added
+
+    def _shape(self, choices: dict, runtime: str) -> str | None:
+        """A configuration's structure and runtime, as a trial's latency memo keys them: its structural
+        plugins and their parameters less those that change only the weights (``probe_ignores``); size,
+        params and MACs follow it. ``None`` when a plugin is unknown or its parameters invalid."""
+        shape = []
+        for stage in STAGE_ORDER:
+            name, params = choices.get(stage.value, (NONE, {}))
+            if name == NONE:
+                continue
+            try:
+                cls = self.registry.get(name)
+                values = cls.Config.model_validate(params).model_dump(mode="json")
+            except (UserError, ValueError):
+                return None
+            if cls.changes_structure:
+                shape.append([stage.value, name, {k: v for k, v in values.items() if k not in cls.probe_ignores}])
+        return json.dumps([shape, runtime], sort_keys=True, default=str)
+
+    def _fixed_misses(self) -> set[str]:
+        """The structures (:meth:`_shape`) whose artefact, trained or not, was measured over the size, params
+        or MACs budget: no fine-tune brings the same structure, quantizer and runtime under it."""
+        broken = set()
+        for record in self.records.values():
+            for figures in (record.metrics, record.probe):
+                if figures is not None and fixed_verdict(figures.model_dump(), self.config.budget):
+                    broken.add(self._shape(record.choices, figures.runtime))
+        broken.discard(None)
+        return broken
 
     def _searched(self, record: TrialRecord, stage: Stage) -> str | dict:
         """``record``'s plugin at ``stage`` with the values of its searched parameters (less the scheduled
