@@ -247,6 +247,13 @@ def test_without_warm_starts_the_least_compressing_structure_that_meets_the_budg
     first = search.space.suggest(study.ask(), search.registry)
     ratio = first["prune"][1]["ratio"]
     assert sizes[ratio] <= cap and sizes[round(ratio - 0.1, 10)] > cap  # the least pruning that fits
+
+    def shape(r):
+        return search._shape({"prune": ("channel_prune", {"ratio": r}), "quantize": ("none", {})},
+                             search.base.metrics.runtime)
+
+    # the probe over the size cap is remembered: no sweep variant re-measures that structure
+    assert shape(round(ratio - 0.1, 10)) in search._fixed_misses() and shape(ratio) not in search._fixed_misses()
     assert first["distill"][0] == "logit_kd"  # with its recovery fine-tune, at the middle of each searched range
     lrs = search.space.stages[Stage.DISTILL]["logit_kd"]["lr"]
     lrs = lrs["choices"] if isinstance(lrs, dict) else lrs

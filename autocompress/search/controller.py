@@ -115,6 +115,7 @@ class Search:
         self._swept: set[str] = set()  # every variant queued by this process (its params as JSON)
         self._unreachable: set[int] = set()  # trials not promoted as out of reach (logged once)
         self._firsts: list[dict] = []  # first structures not yet enqueued (params), least compressing first
+        self._probed_over: set[str] = set()  # structures (_shape) the first-structure probes found over a fixed budget
         self._latency_scale_ms: float | None = None  # what Optuna's latency ratios are multiplied by (_told)
         self.normalisation_note = ""
         self.val_images: int | None = None  # the validation split's size (data.json), once prepared
@@ -806,8 +807,9 @@ class Search:
 
     def _fixed_misses(self) -> set[str]:
         """The structures (:meth:`_shape`) whose artefact, trained or not, was measured over the size, params
-        or MACs budget: no fine-tune brings the same structure, quantizer and runtime under it."""
-        broken = set()
+        or MACs budget (a trial's, or a first-structure probe's): no fine-tune brings the same structure,
+        quantizer and runtime under it."""
+        broken = set(self._probed_over)
         for record in self.records.values():
             for figures in (record.metrics, record.probe):
                 if figures is not None and fixed_verdict(figures.model_dump(), self.config.budget):
@@ -1023,6 +1025,8 @@ class Search:
             if not beside:
                 m["latency_vs_base"] = m["latency_ms"] / reference
             verdict = structure_verdict(m, self.config.budget, 0.0)  # a first structure meets the budget
+            if fixed_verdict(m, self.config.budget):
+                self._probed_over.add(self._shape(choices, probe.metrics.runtime))
             ratio = latency_ratio(m)
             self.log(f"first structures: probe {prune} {param}={value:g} + {quantizer}"
                      + (f" on {runtime}" if runtime else "") + f": {m['latency_ms']:.3f} ms "
