@@ -738,11 +738,11 @@ class Search:
         the quantizer's parameters at their most compressing values (:meth:`_probe_params`); its user
         attr ``sweep`` names the trial. A fine-tune is swept at the top rung within twice the allowed drop,
         and at a lower rung over the accuracy floor (it is feasible already; its variants need not wait
-        minutes for the top rung). Variants of variants are not made (they trained nothing), nor promoted; nor
-        one whose structure, quantizer and runtime an earlier artefact showed over the size, params or MACs
-        budget (:meth:`_fixed_misses`; on the night benchmark each pruned structure's fp32 variants were
-        re-measured at every rung). The study gets them one at a time, when nothing else waits (:meth:`_next_sweep`), so a search that
-        stops leaves none behind half-asked.
+        minutes for the top rung). Variants of variants are not made (they trained nothing), nor promoted;
+        nor one whose structure, quantizer and runtime an earlier artefact showed over the size, params or
+        MACs budget (:meth:`_fixed_misses`; on the night benchmark each pruned structure's fp32 variants
+        were re-measured at every rung). The study gets them one at a time, when nothing else waits
+        (:meth:`_next_sweep`), so a search that stops leaves none behind half-asked.
         """
         search, budget = self.config.search, self.config.budget
         cache = record.cache
@@ -769,7 +769,7 @@ class Search:
                 params = self._probe_params(quantizer) if quantizer != NONE else {}
                 variant = {**record.choices, Stage.QUANTIZE.value: (quantizer, params)}
                 if self._shape(variant, runtime or record.metrics.runtime) in broken:
-                    continue  # measured over a fixed budget before: the same structure on it is again
+                    continue  # this structure, quantizer and runtime already measured over the size/params/MACs budget
                 item = {**fixed, "quantize": {quantizer: params} if params else quantizer,
                         **({} if one_runtime else {"runtime": runtime})}
                 try:
