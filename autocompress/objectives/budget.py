@@ -129,10 +129,10 @@ def fixed_verdict(metrics: Mapping[str, Any], budget) -> str | None:
     """Which budget a measured artefact breaks by its structure alone, or ``None``: size, params and
     MACs, which no training changes and no timing noise blurs (an artefact of the same structure,
     quantizer and runtime breaks it too)."""
-    return next(iter(_fixed_misses(metrics, budget).values()), None)
+    return next(iter(_structure_misses(metrics, budget).values()), None)
 
 
-def _fixed_misses(metrics: Mapping[str, Any], budget) -> dict[str, str]:
+def _structure_misses(metrics: Mapping[str, Any], budget) -> dict[str, str]:
     misses = {}
     if budget.max_size_mb is not None and metrics.get("size_mb") is not None and metrics["size_mb"] > budget.max_size_mb:
         misses["size"] = f"size {metrics['size_mb']:.3f} MB > budget {budget.max_size_mb} MB"
@@ -149,7 +149,7 @@ def structure_verdict(metrics: Mapping[str, Any], budget, latency_margin: float)
     Size, params and MACs are fixed by the structure and compared exactly; latency, its ratio to the
     base, memory and energy are measured, so they get ``latency_margin`` (``0.1`` = 10 %) for noise.
     """
-    fixed = _fixed_misses(metrics, budget)
+    fixed = _structure_misses(metrics, budget)
     if "size" in fixed:
         return f"{fixed['size']} before fine-tuning"
     margin = 1 + latency_margin

@@ -240,6 +240,17 @@ class Plugin(abc.ABC):
         return cls(config=cls.Config.model_validate(params))
 
     @classmethod
+    def structure_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` validated by ``Config`` (defaults filled in, as JSON values) less
+        :attr:`probe_ignores`: what of this step its artefact's latency and size depend on.
+
+        Raises:
+            pydantic.ValidationError: ``params`` do not fit ``Config``.
+        """
+        values = cls.Config.model_validate(params).model_dump(mode="json")
+        return {k: v for k, v in values.items() if k not in cls.probe_ignores}
+
+    @classmethod
     def trains(cls, params: dict[str, Any]) -> bool:
         """Whether this configuration of the plugin trains; :attr:`fine_tunes` unless overridden
         (``channel_prune`` trains only between iterative pruning steps)."""

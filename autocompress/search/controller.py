@@ -798,11 +798,10 @@ class Search:
                 continue
             try:
                 cls = self.registry.get(name)
-                values = cls.Config.model_validate(params).model_dump(mode="json")
+                if cls.changes_structure:
+                    shape.append([stage.value, name, cls.structure_params(params)])
             except (UserError, ValueError):
                 return None
-            if cls.changes_structure:
-                shape.append([stage.value, name, {k: v for k, v in values.items() if k not in cls.probe_ignores}])
         return json.dumps([shape, runtime], sort_keys=True, default=str)
 
     def _fixed_misses(self) -> set[str]:

@@ -737,8 +737,7 @@ def _apply(steps: list, model: "torch.nn.Module | Artefact", ctx: TrialContext, 
 def _probe_key(base_id: str, runtime: str, structural: list) -> str:
     """A structure's key: base, runtime and structural steps, less the parameters in a plugin's
     ``probe_ignores`` (latency and size depend on the structure alone)."""
-    shape = [[st.value, n, {k: v for k, v in cls.Config.model_validate(p).model_dump(mode="json").items()
-                            if k not in cls.probe_ignores}] for st, n, p, cls in structural]
+    shape = [[st.value, n, cls.structure_params(p)] for st, n, p, cls in structural]
     return content_key(base_id, runtime, shape)
 
 
